@@ -1,0 +1,222 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_fm
+from tf_fm import CategoricalField, MultiValuedField, NumericField
+
+FIELDS = [
+    CategoricalField("a", 6),
+    NumericField("x"),
+    NumericField("y"),
+    MultiValuedField("g", 5, 3, weighted=True),
+    CategoricalField("b", 4),
+]
+
+
+def random_inputs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    g = np.stack([rng.permutation(5)[:3] for _ in range(n)])  # distinct ids per row
+    g[rng.random((n, 3)) < 0.3] = -1  # some padding
+    return {
+        "a": rng.integers(0, 6, size=n),
+        "x": rng.normal(size=n).astype("float32"),
+        "y": rng.normal(size=n).astype("float32"),
+        "g": g,
+        "g_weights": rng.uniform(0.1, 2.0, size=(n, 3)).astype("float32"),
+        "b": rng.integers(0, 4, size=n),
+    }
+
+
+def randomize(model, seed=1):
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        v.assign(rng.normal(scale=0.5, size=v.shape).astype(v.dtype))
+
+
+def dense_x(layer, inputs, i):
+    """The FM's input vector x (one entry per table row) of example i."""
+    x = np.zeros(layer.total_rows)
+    for field, offset in zip(layer.fields, layer.offsets, strict=True):
+        name = field["name"]
+        if field["kind"] == "categorical":
+            x[offset + inputs[name][i]] += 1.0
+        elif field["kind"] == "numeric":
+            x[offset] += inputs[name][i]
+        else:
+            for idx, w in zip(inputs[name][i], inputs[name + "_weights"][i], strict=True):
+                if idx >= 0:
+                    x[offset + idx] += w
+    return x
+
+
+def naive_fm(w0, w, V, x):
+    """w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j by the double loop."""
+    y = w0 + float(w @ x)
+    nz = np.flatnonzero(x)
+    for a in range(len(nz)):
+        for b in range(a + 1, len(nz)):
+            i, j = nz[a], nz[b]
+            y += float(V[i] @ V[j]) * x[i] * x[j]
+    return y
+
+
+def fm_params(model):
+    layer = model.get_layer("field_embedding")
+    return (
+        layer,
+        float(model.get_layer("logit").bias.numpy()),
+        layer.linear_weights.numpy()[:, 0].astype(np.float64),
+        layer.embeddings.numpy().astype(np.float64),
+    )
+
+
+def test_fm_equals_naive_reference_per_example():
+    model = tf_fm.FM(FIELDS, embedding_dim=4, task="regression")
+    randomize(model)
+    inputs = random_inputs(16)
+    got = model.predict(inputs, verbose=0)[:, 0]
+    layer, w0, w, V = fm_params(model)
+    for i in range(16):
+        want = naive_fm(w0, w, V, dense_x(layer, inputs, i))
+        np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-4)
+
+
+def test_binary_fm_is_sigmoid_of_the_fm():
+    model = tf_fm.FM(FIELDS, embedding_dim=3)
+    randomize(model)
+    inputs = random_inputs(8)
+    got = model.predict(inputs, verbose=0)[:, 0]
+    layer, w0, w, V = fm_params(model)
+    want = [1 / (1 + np.exp(-naive_fm(w0, w, V, dense_x(layer, inputs, i)))) for i in range(8)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_equal_closed_form():
+    # Regression FM: the output is y itself; x is real-valued (numeric fields,
+    # weighted multi-valued ids). dy/dw0 = 1, dy/dw_i = x_i,
+    # dy/dv_if = x_i sum_j v_jf x_j - v_if x_i^2.
+    model = tf_fm.FM(FIELDS, embedding_dim=4, task="regression", embeddings_l2=0, linear_l2=0)
+    randomize(model, seed=3)
+    inputs = random_inputs(5, seed=4)
+    layer, _, _, V = fm_params(model)
+    bias = model.get_layer("logit").bias
+    for i in range(5):
+        one = {k: v[i : i + 1] for k, v in inputs.items()}
+        with tf.GradientTape() as tape:
+            y = model(one)[0, 0]
+        g_w0, g_w, g_v = tape.gradient(y, [bias, layer.linear_weights, layer.embeddings])
+        x = dense_x(layer, inputs, i)
+        np.testing.assert_allclose(float(g_w0), 1.0)
+        np.testing.assert_allclose(tf.convert_to_tensor(g_w).numpy()[:, 0], x, atol=1e-6)
+        want_v = x[:, None] * (x @ V)[None, :] - V * (x**2)[:, None]
+        np.testing.assert_allclose(tf.convert_to_tensor(g_v).numpy(), want_v, atol=1e-5)
+
+
+def test_batch_independence():
+    model = tf_fm.DeepFM(FIELDS, embedding_dim=3, dnn_units=(8, 8), dnn_batch_norm=True)
+    inputs = random_inputs(10)
+    before = model.predict(inputs, verbose=0)
+    other = random_inputs(10, seed=9)
+    mixed = {k: np.concatenate([inputs[k][:1], other[k][1:]]) for k in inputs}
+    after = model.predict(mixed, verbose=0)
+    np.testing.assert_allclose(before[0], after[0], rtol=1e-6)
+
+
+def test_deepfm_shares_one_table_between_fm_and_dnn():
+    model = tf_fm.DeepFM(FIELDS, embedding_dim=3, dnn_units=(8,), dnn_dropout=0.0)
+    randomize(model)
+    tables = [w for w in model.weights if "embeddings" in w.path]
+    assert len(tables) == 1
+    table = tables[0]
+    parts = keras.Model(
+        model.inputs,
+        [model.get_layer("fm_interaction").output, model.get_layer("dnn_logit").output],
+    )
+    inputs = random_inputs(4)
+    grads = []
+    for k in range(2):
+        with tf.GradientTape() as tape:
+            out = parts(inputs)[k]
+            loss = tf.reduce_sum(out)
+        grads.append(tf.convert_to_tensor(tape.gradient(loss, table)).numpy())
+    fm_grad, dnn_grad = grads
+    assert np.abs(fm_grad).sum() > 0 and np.abs(dnn_grad).sum() > 0
+    # Both parts reach the same rows of the same variable.
+    assert set(np.flatnonzero(np.abs(fm_grad).sum(1))) == set(
+        np.flatnonzero(np.abs(dnn_grad).sum(1))
+    )
+
+
+@pytest.mark.parametrize("builder", [tf_fm.FM, tf_fm.DeepFM])
+def test_named_inputs_and_output(builder):
+    model = builder(FIELDS, embedding_dim=3)
+    assert sorted(model.input.keys()) == ["a", "b", "g", "g_weights", "x", "y"]
+    assert model.output.name.startswith("probability") or model.layers[-1].name == "probability"
+    regression = builder(FIELDS, embedding_dim=3, task="regression")
+    assert regression.layers[-1].name == "prediction"
+    with pytest.raises(ValueError, match="task"):
+        builder(FIELDS, task="multiclass")
+
+
+@pytest.mark.parametrize(
+    "builder,kwargs",
+    [
+        (tf_fm.FM, {}),
+        (tf_fm.DeepFM, {"dnn_units": (8, 4), "dnn_batch_norm": True, "dnn_l2": 1e-4}),
+        (tf_fm.DeepFM, {"out_of_range": "oov"}),
+    ],
+)
+def test_keras_save_load_without_custom_objects(builder, kwargs, tmp_path):
+    model = builder(FIELDS, embedding_dim=3, **kwargs)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    inputs = random_inputs(64)
+    labels = (np.random.default_rng(0).random(64) < 0.3).astype("float32")
+    model.fit(inputs, labels, epochs=1, batch_size=16, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)  # no custom_objects
+    np.testing.assert_array_equal(
+        model.predict(inputs, verbose=0), restored.predict(inputs, verbose=0)
+    )
+    # The functional config round trip builds the same architecture.
+    config = model.get_config()
+    json.dumps(config)
+    clone = keras.Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(
+        model.predict(inputs, verbose=0), clone.predict(inputs, verbose=0), rtol=1e-6
+    )
+
+
+def test_deepfm_invalid_dnn_arguments():
+    with pytest.raises(ValueError, match="dnn_units"):
+        tf_fm.DeepFM(FIELDS, dnn_units=(8, 0))
+    with pytest.raises(ValueError, match="dnn_dropout"):
+        tf_fm.DeepFM(FIELDS, dnn_dropout=1.0)
+
+
+def test_global_bias_config_round_trip():
+    layer = tf_fm.GlobalBias(bias_initializer="ones", name="w0")
+    clone = tf_fm.GlobalBias.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    out = keras.ops.convert_to_numpy(clone([np.ones((2, 1)), np.full((2, 1), 2.0)]))
+    np.testing.assert_allclose(out, [[4.0], [4.0]])
+
+
+def test_mixed_bfloat16_model_trains():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = tf_fm.DeepFM(FIELDS, embedding_dim=4, dnn_units=(8,))
+        model.compile(optimizer="adam", loss="binary_crossentropy")
+        inputs = random_inputs(64)
+        labels = (np.random.default_rng(0).random(64) < 0.3).astype("float32")
+        history = model.fit(inputs, labels, epochs=2, batch_size=32, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+        assert model.get_layer("field_embedding").embeddings.dtype == "float32"
+        assert model.predict(inputs, verbose=0).dtype == np.float32
+    finally:
+        keras.config.set_dtype_policy("float32")

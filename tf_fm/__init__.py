@@ -1,0 +1,23 @@
+"""tf_fm: Factorization Machines and DeepFM for Keras 3 on TensorFlow."""
+
+__version__ = "0.1.0"
+
+from tf_fm import data, features, layers
+from tf_fm.features import CategoricalField, MultiValuedField, NumericField
+from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
+from tf_fm.models import FM, DeepFM
+
+__all__ = [
+    "__version__",
+    "data",
+    "features",
+    "layers",
+    "CategoricalField",
+    "MultiValuedField",
+    "NumericField",
+    "FieldEmbedding",
+    "FMInteraction",
+    "GlobalBias",
+    "FM",
+    "DeepFM",
+]

@@ -1,0 +1,7 @@
+"""Keras layers of tf_fm."""
+
+from tf_fm.layers.field_embedding import FieldEmbedding
+from tf_fm.layers.fm_interaction import FMInteraction
+from tf_fm.layers.global_bias import GlobalBias
+
+__all__ = ["FieldEmbedding", "FMInteraction", "GlobalBias"]

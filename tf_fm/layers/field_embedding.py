@@ -1,0 +1,346 @@
+import keras
+from keras import ops
+
+from tf_fm.layers import _tf_ops
+
+FIELD_KINDS = ("categorical", "numeric", "multivalued")
+COMBINERS = ("sum", "mean", "sqrtn")
+OUT_OF_RANGE_MODES = ("error", "oov")
+PADDING_ID = -1
+
+
+def normalize_field(field):
+    """Return the plain-dict form of a field declaration, validated.
+
+    Accepts a dict or any object with a `to_dict()` method (the field classes
+    of `tf_fm.features`).
+    """
+    spec = dict(field.to_dict() if hasattr(field, "to_dict") else field)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Every field needs a non-empty string `name`. Received: {field!r}")
+    kind = spec.get("kind")
+    if kind not in FIELD_KINDS:
+        raise ValueError(
+            f"Field '{name}': `kind` must be one of {FIELD_KINDS}. Received: kind={kind!r}"
+        )
+    out = {"name": name, "kind": kind}
+    if kind in ("categorical", "multivalued"):
+        size = spec.get("vocabulary_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise ValueError(
+                f"Field '{name}': `vocabulary_size` must be a positive integer. "
+                f"Received: vocabulary_size={size!r}"
+            )
+        out["vocabulary_size"] = size
+    if kind == "multivalued":
+        max_length = spec.get("max_length")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+            raise ValueError(
+                f"Field '{name}': `max_length` must be a positive integer. "
+                f"Received: max_length={max_length!r}"
+            )
+        combiner = spec.get("combiner", "sum")
+        if combiner not in COMBINERS:
+            raise ValueError(
+                f"Field '{name}': `combiner` must be one of {COMBINERS}. "
+                f"Received: combiner={combiner!r}"
+            )
+        out["max_length"] = max_length
+        out["weighted"] = bool(spec.get("weighted", False))
+        out["combiner"] = combiner
+    return out
+
+
+def weights_input_name(field_name):
+    """Name of the input that carries a weighted multi-valued field's values."""
+    return f"{field_name}_weights"
+
+
+@keras.saving.register_keras_serializable(package="tf_fm")
+class FieldEmbedding(keras.layers.Layer):
+    """Turns a row's fields into the FM's terms x_i v_i and x_i w_i.
+
+    All fields share one fused table of `sum(rows per field)` vectors (plus a
+    first-order weight table with the same rows); per-field row offsets are
+    added to the ids, so a batch costs one gather per table.
+
+    * `categorical` field: one id per row in `[0, vocabulary_size)`, x = 1.
+    * `numeric` field: a real value x per row, one learned vector v and weight
+      w per field, scaled by x (exactly how the FM formula treats a real x).
+    * `multivalued` field: `max_length` ids per row, padded with -1 (padding
+      contributes exactly nothing), optional per-id weights (input
+      `"<name>_weights"`), and a `combiner` that sets x_i of each id:
+      `"sum"` x_i = w_i, `"mean"` x_i = w_i / sum(w), `"sqrtn"`
+      x_i = w_i / sqrt(sum(w^2)). A libFM row (`idx:val ...`) is one weighted
+      multi-valued field with combiner `"sum"`. Ids within a row are
+      expected to be distinct, as in libFM; a repeated id counts as two
+      features (its self-pair enters the pairwise term).
+
+    An id outside its field's range is never silently turned into a zero
+    vector: with `out_of_range="error"` the step fails with a message naming
+    the field; with `out_of_range="oov"` each field gets one extra
+    out-of-vocabulary row that such ids map to.
+
+    The table lookup gathers on the TensorFlow variable directly (see
+    `_tf_ops.resource_gather`), so a training step touches only the rows of
+    the batch, not the whole table.
+
+    Args:
+        fields: list of dicts (or `tf_fm.features` fields). Each has `name`,
+            `kind` (`"categorical"`, `"numeric"` or `"multivalued"`),
+            `vocabulary_size` (categorical, multivalued), `max_length`,
+            `weighted` and `combiner` (multivalued). Order sets the field axis.
+        embedding_dim: int. Size k of the factor vectors. Defaults to 10.
+        out_of_range: str. `"error"` or `"oov"`. Defaults to `"error"`.
+        embeddings_initializer: initializer of the factor table. Defaults to
+            `RandomNormal(stddev=0.01)` (Rendle 2012 recommends a small normal).
+        linear_initializer: initializer of the first-order weights. Defaults
+            to `"zeros"`.
+        embeddings_l2: float. L2 penalty on the factor rows each example uses,
+            averaged over the batch (libFM's per-example regularization; it
+            touches only the rows of the batch). Defaults to 1e-5.
+        linear_l2: float. Same for the first-order weights. Defaults to 1e-5.
+
+    Call arguments:
+        inputs: dict from field name to a tensor: `(batch,)` or `(batch, 1)`
+            for categorical (int) and numeric (float) fields,
+            `(batch, max_length)` ids (and weights) for multi-valued fields.
+
+    Returns:
+        dict with
+        `"embeddings"`: `(batch, fields, k)`, per field sum_i x_i v_i;
+        `"squared_embeddings"`: `(batch, fields, k)`, per field
+        sum_i x_i^2 v_i^2 (equals `embeddings**2` for one-id fields; needed
+        by `FMInteraction` to be exact for multi-valued fields);
+        `"linear"`: `(batch, 1)`, sum over all fields of sum_i w_i x_i.
+
+    Example:
+
+    >>> layer = FieldEmbedding(
+    ...     [{"name": "user", "kind": "categorical", "vocabulary_size": 100},
+    ...      {"name": "age", "kind": "numeric"}],
+    ...     embedding_dim=4,
+    ... )
+    >>> out = layer({"user": np.array([3, 7]), "age": np.array([0.5, 1.0])})
+    >>> out["embeddings"].shape
+    TensorShape([2, 2, 4])
+
+    References:
+        Rendle, "Factorization Machines", ICDM 2010.
+        Guo et al., "DeepFM: A Factorization-Machine based Neural Network for
+        CTR Prediction", IJCAI 2017.
+    """
+
+    def __init__(
+        self,
+        fields,
+        embedding_dim=10,
+        out_of_range="error",
+        embeddings_initializer=None,
+        linear_initializer="zeros",
+        embeddings_l2=1e-5,
+        linear_l2=1e-5,
+        **kwargs,
+    ):
+        fields = [normalize_field(f) for f in fields]
+        if not fields:
+            raise ValueError("`fields` must name at least one field. Received: fields=[]")
+        names = [f["name"] for f in fields]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"Field names must be unique. Repeated: {duplicates}")
+        if not isinstance(embedding_dim, int) or embedding_dim <= 0:
+            raise ValueError(
+                "`embedding_dim` must be a positive integer. "
+                f"Received: embedding_dim={embedding_dim}"
+            )
+        if out_of_range not in OUT_OF_RANGE_MODES:
+            raise ValueError(
+                f"`out_of_range` must be one of {OUT_OF_RANGE_MODES}. "
+                f"Received: out_of_range={out_of_range!r}"
+            )
+        for arg, value in (("embeddings_l2", embeddings_l2), ("linear_l2", linear_l2)):
+            if value < 0:
+                raise ValueError(f"`{arg}` must be >= 0. Received: {arg}={value}")
+        super().__init__(**kwargs)
+        self.fields = fields
+        self.embedding_dim = embedding_dim
+        self.out_of_range = out_of_range
+        if embeddings_initializer is None:
+            embeddings_initializer = keras.initializers.RandomNormal(stddev=0.01)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.linear_initializer = keras.initializers.get(linear_initializer)
+        self.embeddings_l2 = float(embeddings_l2)
+        self.linear_l2 = float(linear_l2)
+
+        # Row layout of the fused table: one block per field, in field order,
+        # then (if any field is multi-valued) one padding row.
+        oov_rows = 1 if out_of_range == "oov" else 0
+        self.offsets = []
+        rows = 0
+        for f in fields:
+            self.offsets.append(rows)
+            rows += 1 if f["kind"] == "numeric" else f["vocabulary_size"] + oov_rows
+        self.padding_row = rows if any(f["kind"] == "multivalued" for f in fields) else None
+        self.total_rows = rows + (1 if self.padding_row is not None else 0)
+
+    @property
+    def input_dtype(self):
+        # Real-valued x is kept in float32 under mixed precision policies.
+        return self.variable_dtype
+
+    @property
+    def field_names(self):
+        return [f["name"] for f in self.fields]
+
+    @property
+    def input_names(self):
+        """Every input the layer reads: field names, plus `<name>_weights`."""
+        names = []
+        for f in self.fields:
+            names.append(f["name"])
+            if f["kind"] == "multivalued" and f["weighted"]:
+                names.append(weights_input_name(f["name"]))
+        return names
+
+    def build(self, input_shape=None):
+        # autocast=False: the lookup needs the tf.Variable itself, not a cast copy.
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.total_rows, self.embedding_dim),
+            initializer=self.embeddings_initializer,
+            autocast=False,
+        )
+        self.linear_weights = self.add_weight(
+            name="linear_weights",
+            shape=(self.total_rows, 1),
+            initializer=self.linear_initializer,
+            autocast=False,
+        )
+
+    def _field_rows_and_values(self, field, offset, inputs):
+        """Table rows (batch, slots) and their x values (batch, slots) of one field."""
+        name = field["name"]
+        if name not in inputs:
+            raise KeyError(f"FieldEmbedding: missing input for field '{name}'.")
+        x = inputs[name]
+        if field["kind"] == "numeric":
+            values = ops.reshape(ops.cast(x, self.variable_dtype), (-1, 1))
+            rows = ops.zeros_like(values, dtype="int64") + offset
+            return rows, values
+
+        ids = ops.cast(x, "int64")
+        size = field["vocabulary_size"]
+        if field["kind"] == "categorical":
+            ids = ops.reshape(ids, (-1, 1))
+            padding = None
+        else:
+            ids = ops.reshape(ids, (-1, field["max_length"]))
+            padding = ops.equal(ids, PADDING_ID)
+        if self.out_of_range == "error":
+            ids = _tf_ops.assert_ids_in_range(ids, size, name, allow_padding=padding is not None)
+        else:
+            outside = ops.logical_or(ops.less(ids, 0), ops.greater_equal(ids, size))
+            if padding is not None:
+                outside = ops.logical_and(outside, ops.logical_not(padding))
+            ids = ops.where(outside, size, ids)  # the field's OOV row
+        rows = ids + offset
+
+        if padding is None:
+            return rows, ops.ones_like(rows, dtype=self.variable_dtype)
+
+        if field["weighted"]:
+            weights = ops.reshape(
+                ops.cast(inputs[weights_input_name(name)], self.variable_dtype),
+                (-1, field["max_length"]),
+            )
+        else:
+            weights = ops.ones_like(rows, dtype=self.variable_dtype)
+        weights = ops.where(padding, 0.0, weights)
+        rows = ops.where(padding, self.padding_row, rows)
+        if field["combiner"] == "mean":
+            denom = ops.sum(weights, axis=1, keepdims=True)
+        elif field["combiner"] == "sqrtn":
+            denom = ops.sqrt(ops.sum(ops.square(weights), axis=1, keepdims=True))
+        else:
+            return rows, weights
+        safe = ops.where(ops.equal(denom, 0.0), 1.0, denom)
+        return rows, weights / safe
+
+    def call(self, inputs):
+        rows, values, lengths = [], [], []
+        for field, offset in zip(self.fields, self.offsets, strict=True):
+            r, v = self._field_rows_and_values(field, offset, inputs)
+            rows.append(r)
+            values.append(v)
+            lengths.append(field["max_length"] if field["kind"] == "multivalued" else 1)
+        rows = ops.concatenate(rows, axis=1)  # (batch, slots)
+        values = ops.concatenate(values, axis=1)  # (batch, slots)
+
+        factors = _tf_ops.resource_gather(self.embeddings, rows)  # (batch, slots, k)
+        weights = _tf_ops.resource_gather(self.linear_weights, rows)[..., 0]  # (batch, slots)
+        terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
+        linear = ops.sum(weights * values, axis=1, keepdims=True)  # (batch, 1)
+
+        if all(n == 1 for n in lengths):
+            embeddings = terms
+            squared = ops.square(terms)
+        else:
+            embeddings, squared = [], []
+            start = 0
+            for n in lengths:
+                block = terms[:, start : start + n, :]
+                embeddings.append(ops.sum(block, axis=1, keepdims=True))
+                squared.append(ops.sum(ops.square(block), axis=1, keepdims=True))
+                start += n
+            embeddings = ops.concatenate(embeddings, axis=1)  # (batch, fields, k)
+            squared = ops.concatenate(squared, axis=1)  # (batch, fields, k)
+
+        used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)  # (batch, slots)
+        if self.embeddings_l2:
+            per_example = ops.sum(ops.sum(ops.square(factors), axis=-1) * used, axis=1)
+            self.add_loss(self.embeddings_l2 * ops.mean(per_example))
+        if self.linear_l2:
+            per_example = ops.sum(ops.square(weights) * used, axis=1)
+            self.add_loss(self.linear_l2 * ops.mean(per_example))
+
+        dtype = self.compute_dtype
+        return {
+            "embeddings": ops.cast(embeddings, dtype),
+            "squared_embeddings": ops.cast(squared, dtype),
+            "linear": ops.cast(linear, dtype),
+        }
+
+    def compute_output_shape(self, input_shape):
+        batch = None
+        for shape in (input_shape or {}).values():
+            batch = shape[0]
+            break
+        vectors = (batch, len(self.fields), self.embedding_dim)
+        return {
+            "embeddings": vectors,
+            "squared_embeddings": vectors,
+            "linear": (batch, 1),
+        }
+
+    def compute_output_spec(self, inputs):
+        shapes = self.compute_output_shape({k: v.shape for k, v in inputs.items()})
+        return {
+            key: keras.KerasTensor(shape, dtype=self.compute_dtype) for key, shape in shapes.items()
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "fields": [dict(f) for f in self.fields],
+                "embedding_dim": self.embedding_dim,
+                "out_of_range": self.out_of_range,
+                "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+                "linear_initializer": keras.initializers.serialize(self.linear_initializer),
+                "embeddings_l2": self.embeddings_l2,
+                "linear_l2": self.linear_l2,
+            }
+        )
+        return config

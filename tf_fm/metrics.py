@@ -1,0 +1,45 @@
+"""Exact evaluation metrics on numpy arrays (no sampling, no thresholds)."""
+
+import numpy as np
+
+
+def _rankdata(x):
+    """Average ranks (1-based), ties sharing their mean rank."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    ranks = np.empty(len(x), dtype=np.float64)
+    # Boundaries of runs of equal values.
+    starts = np.r_[0, np.flatnonzero(sorted_x[1:] != sorted_x[:-1]) + 1]
+    ends = np.r_[starts[1:], len(x)]
+    average = (starts + ends + 1) / 2.0  # mean of 1-based ranks start+1..end
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def roc_auc(labels, scores):
+    """Area under the ROC curve (Mann-Whitney U with tied scores averaged)."""
+    labels = np.asarray(labels).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in length: {labels.shape} vs {scores.shape}")
+    positive = labels > 0.5
+    n_pos = int(positive.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUC needs at least one positive and one negative label.")
+    ranks = _rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def log_loss(labels, probabilities, eps=1e-7):
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps]."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    p = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), eps, 1.0 - eps)
+    return float(-np.mean(labels * np.log(p) + (1.0 - labels) * np.log(1.0 - p)))
+
+
+def rmse(targets, predictions):
+    """Root mean squared error."""
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1)
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    return float(np.sqrt(np.mean((targets - predictions) ** 2)))

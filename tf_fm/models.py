@@ -1,0 +1,208 @@
+"""Functional FM and DeepFM builders, in the style of `keras.applications`."""
+
+import keras
+
+from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
+from tf_fm.layers.field_embedding import normalize_field, weights_input_name
+
+TASKS = ("binary", "regression")
+
+
+def _check_task(task):
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
+
+
+def model_inputs(fields):
+    """One named `keras.Input` per raw input of `fields`, keyed by name.
+
+    Categorical fields: `(batch,)` int64; numeric: `(batch,)` float32;
+    multi-valued: `(batch, max_length)` int64 ids, and `(batch, max_length)`
+    float32 `"<name>_weights"` when weighted.
+    """
+    inputs = {}
+    for field in (normalize_field(f) for f in fields):
+        name = field["name"]
+        if field["kind"] == "categorical":
+            inputs[name] = keras.Input(shape=(), dtype="int64", name=name)
+        elif field["kind"] == "numeric":
+            inputs[name] = keras.Input(shape=(), dtype="float32", name=name)
+        else:
+            length = field["max_length"]
+            inputs[name] = keras.Input(shape=(length,), dtype="int64", name=name)
+            if field["weighted"]:
+                weights = weights_input_name(name)
+                inputs[weights] = keras.Input(shape=(length,), dtype="float32", name=weights)
+    return inputs
+
+
+def _output_layer(task):
+    # float32 output, whatever the dtype policy, so the loss is computed stably.
+    if task == "binary":
+        return keras.layers.Activation("sigmoid", dtype="float32", name="probability")
+    return keras.layers.Activation("linear", dtype="float32", name="prediction")
+
+
+def FM(
+    fields,
+    embedding_dim=10,
+    task="binary",
+    out_of_range="error",
+    embeddings_l2=1e-5,
+    linear_l2=1e-5,
+    name="fm",
+):
+    """Factorization Machine: y = w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j.
+
+    The pairwise term is exact over all non-zero x_i of a row (libFM), also
+    inside multi-valued fields.
+
+    Args:
+        fields: list of field declarations (`tf_fm.features` fields or dicts,
+            see `FieldEmbedding`). Each becomes a named model input.
+        embedding_dim: int. Factor size k. Defaults to 10 (the DeepFM paper's
+            embedding size).
+        task: str. `"binary"` (output `probability` = sigmoid(y)) or
+            `"regression"` (output `prediction` = y). Defaults to `"binary"`.
+        out_of_range: str. `"error"` or `"oov"`, see `FieldEmbedding`.
+            Defaults to `"error"`.
+        embeddings_l2: float. L2 on the factor rows each example uses.
+            Defaults to 1e-5 (DeepCTR's `l2_reg_embedding`).
+        linear_l2: float. L2 on the first-order weights each example uses.
+            Defaults to 1e-5 (DeepCTR's `l2_reg_linear`).
+        name: str. Model name. Defaults to `"fm"`.
+
+    Returns:
+        A functional `keras.Model` taking a dict of named inputs.
+
+    Example:
+
+    >>> from tf_fm.features import CategoricalField, NumericField
+    >>> model = FM([CategoricalField("user", 100), NumericField("age")])
+    >>> model.compile(optimizer="adam", loss="binary_crossentropy")
+
+    References:
+        Rendle, "Factorization Machines", ICDM 2010.
+    """
+    _check_task(task)
+    # === Layers ===
+    embedding = FieldEmbedding(
+        fields,
+        embedding_dim=embedding_dim,
+        out_of_range=out_of_range,
+        embeddings_l2=embeddings_l2,
+        linear_l2=linear_l2,
+        name="field_embedding",
+    )
+    interaction = FMInteraction(name="fm_interaction")
+    bias = GlobalBias(name="logit")
+    output = _output_layer(task)
+
+    # === Functional Model ===
+    inputs = model_inputs(embedding.fields)
+    embedded = embedding(inputs)
+    pairwise = interaction([embedded["embeddings"], embedded["squared_embeddings"]])
+    logit = bias([embedded["linear"], pairwise])
+    outputs = output(logit)
+
+    # === Config ===
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def DeepFM(
+    fields,
+    embedding_dim=10,
+    dnn_units=(400, 400, 400),
+    dnn_activation="relu",
+    dnn_dropout=0.5,
+    dnn_batch_norm=False,
+    dnn_l2=0.0,
+    task="binary",
+    out_of_range="error",
+    embeddings_l2=1e-5,
+    linear_l2=1e-5,
+    name="deepfm",
+):
+    """DeepFM: output(y_FM + y_DNN), the DNN reading the FM's own embeddings.
+
+    The FM part is `FM`'s logit (w0 + first order + exact pairwise term). The
+    DNN reads the same per-field vectors `(batch, fields * k)` flattened, so
+    one table is trained by both parts.
+
+    Args:
+        fields: list of field declarations, as in `FM`.
+        embedding_dim: int. Factor size k. Defaults to 10 (DeepFM paper).
+        dnn_units: sequence of int. Hidden layer sizes. Defaults to
+            `(400, 400, 400)` (DeepFM paper, section 3.3).
+        dnn_activation: str. Hidden activation. Defaults to `"relu"` (paper).
+        dnn_dropout: float. Dropout rate after each hidden layer. Defaults to
+            0.5 (paper).
+        dnn_batch_norm: bool. Batch normalization before each activation.
+            Defaults to False (paper).
+        dnn_l2: float. L2 on the DNN kernels. Defaults to 0.
+        task: str. `"binary"` or `"regression"`. Defaults to `"binary"`.
+        out_of_range: str. `"error"` or `"oov"`. Defaults to `"error"`.
+        embeddings_l2: float. Defaults to 1e-5.
+        linear_l2: float. Defaults to 1e-5.
+        name: str. Model name. Defaults to `"deepfm"`.
+
+    Returns:
+        A functional `keras.Model` taking a dict of named inputs.
+
+    Example:
+
+    >>> from tf_fm.features import CategoricalField, NumericField
+    >>> model = DeepFM([CategoricalField("user", 100), NumericField("age")])
+
+    References:
+        Guo et al., "DeepFM: A Factorization-Machine based Neural Network for
+        CTR Prediction", IJCAI 2017.
+    """
+    _check_task(task)
+    dnn_units = [int(u) for u in dnn_units]
+    if any(u <= 0 for u in dnn_units):
+        raise ValueError(f"`dnn_units` must be positive integers. Received: {dnn_units}")
+    if not 0.0 <= dnn_dropout < 1.0:
+        raise ValueError(f"`dnn_dropout` must be in [0, 1). Received: dnn_dropout={dnn_dropout}")
+    # === Layers ===
+    embedding = FieldEmbedding(
+        fields,
+        embedding_dim=embedding_dim,
+        out_of_range=out_of_range,
+        embeddings_l2=embeddings_l2,
+        linear_l2=linear_l2,
+        name="field_embedding",
+    )
+    interaction = FMInteraction(name="fm_interaction")
+    regularizer = keras.regularizers.L2(dnn_l2) if dnn_l2 else None
+    hidden = []
+    for i, units in enumerate(dnn_units):
+        hidden.append(
+            keras.layers.Dense(
+                units,
+                use_bias=not dnn_batch_norm,
+                kernel_regularizer=regularizer,
+                name=f"dnn_dense_{i}",
+            )
+        )
+        if dnn_batch_norm:
+            hidden.append(keras.layers.BatchNormalization(name=f"dnn_batch_norm_{i}"))
+        hidden.append(keras.layers.Activation(dnn_activation, name=f"dnn_activation_{i}"))
+        if dnn_dropout:
+            hidden.append(keras.layers.Dropout(dnn_dropout, name=f"dnn_dropout_{i}"))
+    dnn_out = keras.layers.Dense(1, kernel_regularizer=regularizer, name="dnn_logit")
+    bias = GlobalBias(name="logit")
+    output = _output_layer(task)
+
+    # === Functional Model ===
+    inputs = model_inputs(embedding.fields)
+    embedded = embedding(inputs)
+    pairwise = interaction([embedded["embeddings"], embedded["squared_embeddings"]])
+    x = keras.layers.Flatten(name="dnn_input")(embedded["embeddings"])  # (batch, fields * k)
+    for layer in hidden:
+        x = layer(x)
+    logit = bias([embedded["linear"], pairwise, dnn_out(x)])
+    outputs = output(logit)
+
+    # === Config ===
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
