@@ -220,3 +220,21 @@ def test_mixed_bfloat16_model_trains():
         assert model.predict(inputs, verbose=0).dtype == np.float32
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+@pytest.mark.parametrize("task,metric", [("binary", "auc"), ("regression", "rmse")])
+def test_compile_model_defaults(task, metric, tmp_path):
+    model = tf_fm.compile_model(tf_fm.DeepFM(FIELDS, embedding_dim=3, dnn_units=(4,), task=task))
+    assert isinstance(model.optimizer, tf_fm.LazyAdam)
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
+    assert model.loss == ("binary_crossentropy" if task == "binary" else "mean_squared_error")
+    inputs = random_inputs(64)
+    labels = (np.random.default_rng(0).random(64) < 0.5).astype("float32")
+    history = model.fit(inputs, labels, validation_split=0.25, epochs=1, verbose=0)
+    assert metric in history.history and "val_" + metric in history.history
+    model.save(tmp_path / "m.keras")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(restored.optimizer, tf_fm.LazyAdam)
+    np.testing.assert_array_equal(
+        model.predict(inputs, verbose=0), restored.predict(inputs, verbose=0)
+    )

@@ -89,3 +89,14 @@ def test_deepfm_fit_reaches_bayes_auc():
     model.fit(train.dataset(batch_size=512, seed=0), epochs=5, verbose=0)
     got = test.evaluate(model.predict(test.features, batch_size=4096, verbose=0))
     assert test.bayes_metrics()["auc"] - got["auc"] < 0.01, got
+
+
+def test_keras_logloss_metric_matches_numpy():
+    rng = np.random.default_rng(5)
+    labels = (rng.random(100) < 0.4).astype("float32")
+    probs = rng.uniform(0.05, 0.95, size=(100, 1)).astype("float32")
+    metric = metrics.LogLoss()
+    metric.update_state(labels, probs)  # (batch,) labels, (batch, 1) output
+    assert float(metric.result()) == pytest.approx(metrics.log_loss(labels, probs), rel=1e-5)
+    clone = metrics.LogLoss.from_config(metric.get_config())
+    assert clone.name == "logloss"

@@ -2,16 +2,18 @@
 
 __version__ = "0.1.0"
 
-from tf_fm import data, features, layers
+from tf_fm import data, features, layers, optimizers
 from tf_fm.features import CategoricalField, MultiValuedField, NumericField
 from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
-from tf_fm.models import FM, DeepFM
+from tf_fm.models import FM, DeepFM, compile_model
+from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD
 
 __all__ = [
     "__version__",
     "data",
     "features",
     "layers",
+    "optimizers",
     "CategoricalField",
     "MultiValuedField",
     "NumericField",
@@ -20,4 +22,8 @@ __all__ = [
     "GlobalBias",
     "FM",
     "DeepFM",
+    "compile_model",
+    "LazyAdam",
+    "SparseAdagrad",
+    "SparseSGD",
 ]

@@ -1,6 +1,24 @@
-"""Exact evaluation metrics on numpy arrays (no sampling, no thresholds)."""
+"""Evaluation metrics: exact ones on numpy arrays, and a Keras log-loss metric."""
 
+import keras
 import numpy as np
+
+
+@keras.saving.register_keras_serializable(package="tf_fm")
+class LogLoss(keras.metrics.BinaryCrossentropy):
+    """Binary cross-entropy as a Keras metric, accepting labels of shape (batch,).
+
+    `keras.metrics.BinaryCrossentropy` requires labels of the output's rank;
+    datasets usually carry `(batch,)` labels for a `(batch, 1)` probability.
+    Unlike the training loss, this excludes regularization terms.
+    """
+
+    def __init__(self, name="logloss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = keras.ops.reshape(keras.ops.cast(y_true, y_pred.dtype), keras.ops.shape(y_pred))
+        return super().update_state(y_true, y_pred, sample_weight=sample_weight)
 
 
 def _rankdata(x):

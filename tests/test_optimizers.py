@@ -1,0 +1,240 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_fm
+from tf_fm import CategoricalField, MultiValuedField, NumericField
+from tf_fm.data import make_fm_data
+from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD
+
+FIELDS = [
+    CategoricalField("a", 4),
+    NumericField("x"),
+    MultiValuedField("g", 3, 2),
+    CategoricalField("b", 2),
+]
+
+
+def densified(optimizer_cls):
+    """The stock Keras optimizer fed the dense gradient (the mathematical reference).
+
+    Stock Keras applies `ops.square` to an IndexedSlices row by row, so an id
+    repeated in a batch adds the sum of squares of its row gradients to the
+    second moment instead of the square of their sum: not the dense update.
+    """
+
+    class Dense(optimizer_cls):
+        def update_step(self, gradient, variable, learning_rate):
+            super().update_step(tf.convert_to_tensor(gradient), variable, learning_rate)
+
+    return Dense
+
+
+def test_stock_keras_squares_repeated_ids_per_occurrence():
+    # Why the references below densify: documents the stock behaviour.
+    g = tf.IndexedSlices(tf.constant([[1.0], [1.0]]), tf.constant([0, 0]), tf.constant([2, 1]))
+    accumulators = []
+    for grad in (g, tf.convert_to_tensor(g)):
+        var = keras.Variable(np.zeros((2, 1), "float32"), name="embeddings")
+        opt = keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.0)
+        opt.apply_gradients([(grad, var)])
+        accumulators.append(opt._accumulators[0].numpy()[0, 0])
+    assert accumulators == [2.0, 4.0]  # 1^2 + 1^2 vs (1 + 1)^2
+    var = keras.Variable(np.zeros((2, 1), "float32"), name="embeddings")
+    opt = SparseAdagrad(0.1, initial_accumulator_value=0.0)
+    opt.apply_gradients([(g, var)])
+    assert opt._accumulators[0].numpy()[0, 0] == 4.0
+
+
+def full_cover_batches(steps, n=16, seed=0):
+    """Batches in which every row of every table appears (incl. the padding row)."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(steps):
+        g = rng.integers(0, 3, size=(n, 2))
+        g[:, 1] = (g[:, 0] + 1) % 3
+        g[0] = [0, 1]
+        g[1] = [2, -1]
+        batches.append(
+            (
+                {
+                    "a": np.arange(n) % 4,
+                    "x": rng.normal(size=n).astype("float32"),
+                    "g": g,
+                    "b": np.arange(n) % 2,
+                },
+                (rng.random(n) < 0.4).astype("float32"),
+            )
+        )
+    return batches
+
+
+def train(optimizer, batches, builder=tf_fm.DeepFM, seed=0):
+    keras.utils.set_random_seed(seed)
+    kwargs = {"dnn_units": (8,), "dnn_dropout": 0.0} if builder is tf_fm.DeepFM else {}
+    model = builder(FIELDS, embedding_dim=3, **kwargs)
+    model.compile(optimizer=optimizer, loss="binary_crossentropy")
+    for features, labels in batches:
+        model.train_on_batch(features, labels)
+    return model
+
+
+def assert_same_weights(m1, m2, rtol, atol):
+    for w1, w2 in zip(m1.weights, m2.weights, strict=True):
+        np.testing.assert_allclose(w1.numpy(), w2.numpy(), rtol=rtol, atol=atol, err_msg=w1.path)
+
+
+def table_gradient_is_sparse():
+    model = tf_fm.FM(FIELDS, embedding_dim=3)
+    features, labels = full_cover_batches(1)[0]
+    with tf.GradientTape() as tape:
+        loss = keras.ops.mean(model(features))
+    return isinstance(
+        tape.gradient(loss, model.get_layer("field_embedding").embeddings), tf.IndexedSlices
+    )
+
+
+def test_table_gradients_reach_the_optimizer_sparse():
+    # Otherwise the sparse paths below would never run.
+    assert table_gradient_is_sparse()
+
+
+def test_sparse_adagrad_equals_dense_adagrad():
+    # Random batches that do NOT cover every row: Adagrad is exact anyway.
+    batches = full_cover_batches(6)
+    for features, _ in batches:
+        features["a"] = features["a"] % 2
+    dense = train(densified(keras.optimizers.Adagrad)(0.1), batches)
+    sparse = train(SparseAdagrad(0.1), batches)
+    assert_same_weights(dense, sparse, rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_sgd_equals_dense_sgd():
+    batches = full_cover_batches(5)
+    for features, _ in batches:
+        features["b"] = np.zeros_like(features["b"])
+    dense = train(densified(keras.optimizers.SGD)(0.1), batches)
+    sparse = train(SparseSGD(0.1), batches)
+    assert_same_weights(dense, sparse, rtol=1e-6, atol=1e-7)
+
+
+def test_lazy_adam_equals_adam_when_every_row_is_touched():
+    batches = full_cover_batches(8)
+    dense = train(densified(keras.optimizers.Adam)(0.01), batches)
+    lazy = train(LazyAdam(0.01), batches)
+    assert_same_weights(dense, lazy, rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_adam_leaves_absent_rows_and_their_moments_alone():
+    batches = full_cover_batches(3)
+    opt = LazyAdam(0.01)
+    model = train(opt, batches, builder=tf_fm.FM)
+    table = model.get_layer("field_embedding").embeddings
+    before = table.numpy().copy()
+    index = opt._get_variable_index(table)
+    m_before = opt._momentums[index].numpy().copy()
+    features, labels = batches[0]
+    features = dict(features, a=np.zeros_like(features["a"]))  # rows 1..3 of `a` absent
+    model.train_on_batch(features, labels)
+    np.testing.assert_array_equal(table.numpy()[1:4], before[1:4])
+    np.testing.assert_array_equal(opt._momentums[index].numpy()[1:4], m_before[1:4])
+    assert not np.array_equal(table.numpy()[0], before[0])  # row 0 was updated
+
+
+@pytest.mark.parametrize("optimizer_cls", [SparseAdagrad, LazyAdam, SparseSGD])
+def test_duplicate_ids_are_summed(optimizer_cls):
+    # The same gradient as IndexedSlices with repeated ids and as a dense tensor.
+    values = tf.constant([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
+    indices = tf.constant([2, 0, 2])
+    sparse = tf.IndexedSlices(values, indices, dense_shape=tf.constant([4, 2]))
+    dense = tf.convert_to_tensor(sparse)
+    results = []
+    for grad in (sparse, dense):
+        var = keras.Variable(np.ones((4, 2), "float32"), name="embeddings")
+        opt = optimizer_cls(0.1)
+        opt.apply_gradients([(grad, var)])
+        results.append(var.numpy())
+    if optimizer_cls is LazyAdam:
+        # Only the touched rows 0 and 2 move; they move as in dense Adam.
+        np.testing.assert_allclose(results[0][[0, 2]], results[1][[0, 2]], rtol=1e-6)
+        np.testing.assert_array_equal(results[0][[1, 3]], 1.0)
+    else:
+        np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+
+
+def test_weight_decay_skips_tables():
+    opt = LazyAdam(0.01, weight_decay=0.1)
+    model = train(opt, full_cover_batches(1), builder=tf_fm.FM)
+    table = model.get_layer("field_embedding").embeddings
+    kernel = [w for w in model.trainable_weights if w.name == "bias"][0]
+    assert not opt._use_weight_decay(table)
+    assert opt._use_weight_decay(kernel)
+
+
+def test_unsupported_options():
+    with pytest.raises(ValueError, match="amsgrad"):
+        LazyAdam(amsgrad=True)
+    with pytest.raises(ValueError, match="momentum"):
+        SparseSGD(momentum=0.9)
+
+
+def test_keras_save_load_keeps_optimizer_state_and_resumes(tmp_path):
+    batches = full_cover_batches(6)
+    straight = train(LazyAdam(0.01), batches)
+
+    half = train(LazyAdam(0.01), batches[:3])
+    path = tmp_path / "model.keras"
+    half.save(path)
+    restored = keras.saving.load_model(path)  # no custom_objects
+    assert isinstance(restored.optimizer, LazyAdam)
+    assert int(restored.optimizer.iterations.numpy()) == 3
+    for v1, v2 in zip(half.optimizer.variables, restored.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(v1.numpy(), v2.numpy())
+    for features, labels in batches[3:]:
+        restored.train_on_batch(features, labels)
+    assert_same_weights(straight, restored, rtol=1e-6, atol=1e-7)
+
+
+def test_fit_resume_with_backup_and_restore(tmp_path):
+    # model.fit resumes from a BackupAndRestore checkpoint with the optimizer
+    # state: the resumed run ends where an uninterrupted one does.
+    train_set, _ = make_fm_data(n_train=2048, n_test=10, seed=3)
+    data = train_set.dataset(batch_size=256, shuffle=False)
+
+    def new_model():
+        keras.utils.set_random_seed(0)
+        model = tf_fm.FM(train_set.fields, embedding_dim=4)
+        model.compile(optimizer=LazyAdam(0.01), loss="binary_crossentropy")
+        return model
+
+    straight = new_model()
+    straight.fit(data, epochs=4, verbose=0)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("interrupted")
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    first = new_model()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        first.fit(data, epochs=4, verbose=0, callbacks=[backup, Interrupt()])
+    resumed = new_model()
+    history = resumed.fit(data, epochs=4, verbose=0, callbacks=[backup])
+    assert len(history.history["loss"]) == 2  # epochs 3 and 4 only
+    assert_same_weights(straight, resumed, rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_adam_reaches_dense_adam_auc():
+    train_set, test_set = make_fm_data(n_train=60_000, n_test=20_000, seed=0)
+    aucs = {}
+    for name, opt in (("dense", keras.optimizers.Adam(3e-3)), ("lazy", LazyAdam(3e-3))):
+        keras.utils.set_random_seed(0)
+        model = tf_fm.FM(train_set.fields)
+        model.compile(optimizer=opt, loss="binary_crossentropy")
+        model.fit(train_set.dataset(batch_size=512, seed=0), epochs=3, verbose=0)
+        pred = model.predict(test_set.features, batch_size=4096, verbose=0)
+        aucs[name] = test_set.evaluate(pred)["auc"]
+    assert abs(aucs["dense"] - aucs["lazy"]) < 0.005, aucs
+    assert test_set.bayes_metrics()["auc"] - aucs["lazy"] < 0.015, aucs
