@@ -30,24 +30,52 @@ def resource_gather(variable, ids):
     return tf.gather(variable.value, ids)
 
 
-def assert_ids_in_range(ids, size, field_name, allow_padding=False):
-    """Raise `InvalidArgumentError` naming `field_name` if an id is outside [0, size).
+def check_ids_in_range(ids, low, high, slot_fields):
+    """Fail the step, naming the field, if an id is outside its slot's range.
 
-    With `allow_padding`, the id -1 (padding of a multi-valued field) is allowed.
-    Returns `ids` with a control dependency on the check.
+    Args:
+        ids: int64 tensor `(batch, slots)`.
+        low: list of int, per slot the lowest valid id (-1 where it means padding).
+        high: list of int, per slot the vocabulary size (ids must be < it).
+        slot_fields: list of str, per slot the field name.
+
+    Returns:
+        `ids`, with a control dependency on the check. The check is one
+        vectorized comparison; the message is only built on the failure branch.
     """
-    low = -1 if allow_padding else 0
-    ids = tf.convert_to_tensor(ids)
-    in_range = (ids >= low) & (ids < size)
-    first_bad = tf.boolean_mask(ids, tf.logical_not(in_range))[:3]
-    # No quote characters: graph-mode assertion messages escape them.
-    message = (
-        f"FieldEmbedding: id out of range in field `{field_name}`: valid ids are "
-        f"0..{size - 1} (vocabulary size {size})"
-        + (", -1 is padding" if allow_padding else "")
-        + "; build with out_of_range=`oov` to map such ids to the field OOV row "
-        "instead. First bad ids:"
-    )
-    check = tf.debugging.Assert(tf.reduce_all(in_range), [message, first_bad], summarize=3)
-    with tf.control_dependencies([check]):
+    low_t = tf.constant(low, dtype=ids.dtype)
+    high_t = tf.constant(high, dtype=ids.dtype)
+    in_range = (ids >= low_t) & (ids < high_t)
+
+    def ok():
+        return tf.constant(True)
+
+    def fail():
+        first = tf.where(tf.logical_not(in_range))[0]  # (row, slot) of the first bad id
+        row, slot = first[0], first[1]
+        size = tf.gather(high_t, slot)
+        # No quote characters: graph-mode assertion messages escape them.
+        message = tf.strings.join(
+            [
+                "FieldEmbedding: id out of range in field `",
+                tf.gather(tf.constant(slot_fields), slot),
+                "` (batch row ",
+                tf.strings.as_string(row),
+                "): id ",
+                tf.strings.as_string(ids[row, slot]),
+                ", valid ids are 0..",
+                tf.strings.as_string(size - 1),
+                " (vocabulary size ",
+                tf.strings.as_string(size),
+                tf.where(tf.gather(low_t, slot) < 0, "; -1 is padding", ""),
+                "). Build the layer with out_of_range=`oov` to map such ids to the "
+                "field OOV row instead.",
+            ]
+        )
+        check = tf.debugging.Assert(False, [message])
+        with tf.control_dependencies([check]):
+            return tf.constant(False)
+
+    passed = tf.cond(tf.reduce_all(in_range), ok, fail)
+    with tf.control_dependencies([passed]):
         return tf.identity(ids)

@@ -1,4 +1,5 @@
 import keras
+import numpy as np
 from keras import ops
 
 from tf_fm.layers import _tf_ops
@@ -185,6 +186,17 @@ class FieldEmbedding(keras.layers.Layer):
         self.padding_row = rows if any(f["kind"] == "multivalued" for f in fields) else None
         self.total_rows = rows + (1 if self.padding_row is not None else 0)
 
+        # Per slot (one per categorical/numeric field, max_length per
+        # multi-valued field): what a vectorized range check and offset need.
+        self._slots = {"offset": [], "size": [], "low": [], "multivalued": [], "field": []}
+        for f, offset in zip(fields, self.offsets, strict=True):
+            n = f["max_length"] if f["kind"] == "multivalued" else 1
+            self._slots["offset"] += [offset] * n
+            self._slots["size"] += [f.get("vocabulary_size", 1)] * n
+            self._slots["low"] += [PADDING_ID if f["kind"] == "multivalued" else 0] * n
+            self._slots["multivalued"] += [f["kind"] == "multivalued"] * n
+            self._slots["field"] += [f["name"]] * n
+
     @property
     def input_dtype(self):
         # Real-valued x is kept in float32 under mixed precision policies.
@@ -219,64 +231,59 @@ class FieldEmbedding(keras.layers.Layer):
             autocast=False,
         )
 
-    def _field_rows_and_values(self, field, offset, inputs):
-        """Table rows (batch, slots) and their x values (batch, slots) of one field."""
+    def _field_ids_and_values(self, field, inputs):
+        """Raw ids (batch, slots) and x values (batch, slots) of one field."""
         name = field["name"]
         if name not in inputs:
             raise KeyError(f"FieldEmbedding: missing input for field '{name}'.")
         x = inputs[name]
+        dtype = self.variable_dtype
         if field["kind"] == "numeric":
-            values = ops.reshape(ops.cast(x, self.variable_dtype), (-1, 1))
-            rows = ops.zeros_like(values, dtype="int64") + offset
-            return rows, values
-
-        ids = ops.cast(x, "int64")
-        size = field["vocabulary_size"]
+            values = ops.reshape(ops.cast(x, dtype), (-1, 1))
+            return ops.zeros_like(values, dtype="int64"), values
         if field["kind"] == "categorical":
-            ids = ops.reshape(ids, (-1, 1))
-            padding = None
-        else:
-            ids = ops.reshape(ids, (-1, field["max_length"]))
-            padding = ops.equal(ids, PADDING_ID)
-        if self.out_of_range == "error":
-            ids = _tf_ops.assert_ids_in_range(ids, size, name, allow_padding=padding is not None)
-        else:
-            outside = ops.logical_or(ops.less(ids, 0), ops.greater_equal(ids, size))
-            if padding is not None:
-                outside = ops.logical_and(outside, ops.logical_not(padding))
-            ids = ops.where(outside, size, ids)  # the field's OOV row
-        rows = ids + offset
+            ids = ops.reshape(ops.cast(x, "int64"), (-1, 1))
+            return ids, ops.ones_like(ids, dtype=dtype)
 
-        if padding is None:
-            return rows, ops.ones_like(rows, dtype=self.variable_dtype)
-
+        ids = ops.reshape(ops.cast(x, "int64"), (-1, field["max_length"]))
         if field["weighted"]:
             weights = ops.reshape(
-                ops.cast(inputs[weights_input_name(name)], self.variable_dtype),
-                (-1, field["max_length"]),
+                ops.cast(inputs[weights_input_name(name)], dtype), (-1, field["max_length"])
             )
         else:
-            weights = ops.ones_like(rows, dtype=self.variable_dtype)
-        weights = ops.where(padding, 0.0, weights)
-        rows = ops.where(padding, self.padding_row, rows)
+            weights = ops.ones_like(ids, dtype=dtype)
+        weights = ops.where(ops.equal(ids, PADDING_ID), 0.0, weights)
+        if field["combiner"] == "sum":
+            return ids, weights
         if field["combiner"] == "mean":
             denom = ops.sum(weights, axis=1, keepdims=True)
-        elif field["combiner"] == "sqrtn":
-            denom = ops.sqrt(ops.sum(ops.square(weights), axis=1, keepdims=True))
         else:
-            return rows, weights
-        safe = ops.where(ops.equal(denom, 0.0), 1.0, denom)
-        return rows, weights / safe
+            denom = ops.sqrt(ops.sum(ops.square(weights), axis=1, keepdims=True))
+        return ids, weights / ops.where(ops.equal(denom, 0.0), 1.0, denom)
 
     def call(self, inputs):
-        rows, values, lengths = [], [], []
-        for field, offset in zip(self.fields, self.offsets, strict=True):
-            r, v = self._field_rows_and_values(field, offset, inputs)
-            rows.append(r)
+        ids, values = [], []
+        for field in self.fields:
+            i, v = self._field_ids_and_values(field, inputs)
+            ids.append(i)
             values.append(v)
-            lengths.append(field["max_length"] if field["kind"] == "multivalued" else 1)
-        rows = ops.concatenate(rows, axis=1)  # (batch, slots)
-        values = ops.concatenate(values, axis=1)  # (batch, slots)
+        ids = ops.concatenate(ids, axis=1)  # (batch, slots), ids within each field
+        values = ops.concatenate(values, axis=1)  # (batch, slots), x_i
+
+        slots = self._slots
+        size = np.asarray(slots["size"], dtype="int64")
+        padding = ops.logical_and(
+            ops.equal(ids, PADDING_ID), np.asarray(slots["multivalued"], dtype=bool)
+        )
+        if self.out_of_range == "error":
+            ids = _tf_ops.check_ids_in_range(ids, slots["low"], slots["size"], slots["field"])
+        else:
+            outside = ops.logical_or(ops.less(ids, 0), ops.greater_equal(ids, size))
+            outside = ops.logical_and(outside, ops.logical_not(padding))
+            ids = ops.where(outside, size, ids)  # the field's OOV row
+        offset = np.asarray(slots["offset"], dtype="int64")
+        rows = ops.where(padding, self.padding_row or 0, ids + offset)  # (batch, slots)
+        lengths = [f["max_length"] if f["kind"] == "multivalued" else 1 for f in self.fields]
 
         factors = _tf_ops.resource_gather(self.embeddings, rows)  # (batch, slots, k)
         weights = _tf_ops.resource_gather(self.linear_weights, rows)[..., 0]  # (batch, slots)
