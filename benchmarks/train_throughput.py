@@ -210,7 +210,8 @@ def main():
                     results.append(result)
                     print(
                         f"{model:7s} batch {batch:5d} rows {rows:9.2g} {setup:6s} "
-                        f"{result['examples_per_s']:10,.0f} ex/s  step {result['step_ms']:8.1f} ms  "
+                        f"{result['examples_per_s']:10,.0f} ex/s  "
+                        f"step {result['step_ms']:8.1f} ms  "
                         f"peak {result['peak_rss_gb']:.2f} GB",
                         flush=True,
                     )

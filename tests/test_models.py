@@ -69,8 +69,8 @@ def fm_params(model):
     return (
         layer,
         float(model.get_layer("logit").bias.numpy()),
-        layer.linear_weights.numpy()[:, 0].astype(np.float64),
-        layer.embeddings.numpy().astype(np.float64),
+        layer.get_linear_weights().astype(np.float64),
+        layer.get_factors().astype(np.float64),
     )
 
 
@@ -108,12 +108,14 @@ def test_gradients_equal_closed_form():
         one = {k: v[i : i + 1] for k, v in inputs.items()}
         with tf.GradientTape() as tape:
             y = model(one)[0, 0]
-        g_w0, g_w, g_v = tape.gradient(y, [bias, layer.linear_weights, layer.embeddings])
+        g_w0, g_table = tape.gradient(y, [bias, layer.table])
+        g_table = tf.convert_to_tensor(g_table).numpy()
+        g_v, g_w = g_table[:, :-1], g_table[:, -1]
         x = dense_x(layer, inputs, i)
         np.testing.assert_allclose(float(g_w0), 1.0)
-        np.testing.assert_allclose(tf.convert_to_tensor(g_w).numpy()[:, 0], x, atol=1e-6)
+        np.testing.assert_allclose(g_w, x, atol=1e-6)
         want_v = x[:, None] * (x @ V)[None, :] - V * (x**2)[:, None]
-        np.testing.assert_allclose(tf.convert_to_tensor(g_v).numpy(), want_v, atol=1e-5)
+        np.testing.assert_allclose(g_v, want_v, atol=1e-5)
 
 
 def test_batch_independence():
@@ -129,7 +131,7 @@ def test_batch_independence():
 def test_deepfm_shares_one_table_between_fm_and_dnn():
     model = tf_fm.DeepFM(FIELDS, embedding_dim=3, dnn_units=(8,), dnn_dropout=0.0)
     randomize(model)
-    tables = [w for w in model.weights if "embeddings" in w.path]
+    tables = [w for w in model.weights if w.path.startswith("field_embedding/")]
     assert len(tables) == 1
     table = tables[0]
     parts = keras.Model(
@@ -142,7 +144,7 @@ def test_deepfm_shares_one_table_between_fm_and_dnn():
         with tf.GradientTape() as tape:
             out = parts(inputs)[k]
             loss = tf.reduce_sum(out)
-        grads.append(tf.convert_to_tensor(tape.gradient(loss, table)).numpy())
+        grads.append(tf.convert_to_tensor(tape.gradient(loss, table)).numpy()[:, :-1])
     fm_grad, dnn_grad = grads
     assert np.abs(fm_grad).sum() > 0 and np.abs(dnn_grad).sum() > 0
     # Both parts reach the same rows of the same variable.
@@ -216,7 +218,7 @@ def test_mixed_bfloat16_model_trains():
         labels = (np.random.default_rng(0).random(64) < 0.3).astype("float32")
         history = model.fit(inputs, labels, epochs=2, batch_size=32, verbose=0)
         assert np.all(np.isfinite(history.history["loss"]))
-        assert model.get_layer("field_embedding").embeddings.dtype == "float32"
+        assert model.get_layer("field_embedding").table.dtype == "float32"
         assert model.predict(inputs, verbose=0).dtype == np.float32
     finally:
         keras.config.set_dtype_policy("float32")

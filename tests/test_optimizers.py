@@ -91,7 +91,7 @@ def table_gradient_is_sparse():
     with tf.GradientTape() as tape:
         loss = keras.ops.mean(model(features))
     return isinstance(
-        tape.gradient(loss, model.get_layer("field_embedding").embeddings), tf.IndexedSlices
+        tape.gradient(loss, model.get_layer("field_embedding").table), tf.IndexedSlices
     )
 
 
@@ -130,7 +130,7 @@ def test_lazy_adam_leaves_absent_rows_and_their_moments_alone():
     batches = full_cover_batches(3)
     opt = LazyAdam(0.01)
     model = train(opt, batches, builder=tf_fm.FM)
-    table = model.get_layer("field_embedding").embeddings
+    table = model.get_layer("field_embedding").table
     before = table.numpy().copy()
     index = opt._get_variable_index(table)
     m_before = opt._momentums[index].numpy().copy()
@@ -151,7 +151,7 @@ def test_duplicate_ids_are_summed(optimizer_cls):
     dense = tf.convert_to_tensor(sparse)
     results = []
     for grad in (sparse, dense):
-        var = keras.Variable(np.ones((4, 2), "float32"), name="embeddings")
+        var = keras.Variable(np.ones((4, 2), "float32"), name="table")
         opt = optimizer_cls(0.1)
         opt.apply_gradients([(grad, var)])
         results.append(var.numpy())
@@ -166,7 +166,7 @@ def test_duplicate_ids_are_summed(optimizer_cls):
 def test_weight_decay_skips_tables():
     opt = LazyAdam(0.01, weight_decay=0.1)
     model = train(opt, full_cover_batches(1), builder=tf_fm.FM)
-    table = model.get_layer("field_embedding").embeddings
+    table = model.get_layer("field_embedding").table
     kernel = [w for w in model.trainable_weights if w.name == "bias"][0]
     assert not opt._use_weight_decay(table)
     assert opt._use_weight_decay(kernel)

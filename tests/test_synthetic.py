@@ -25,14 +25,13 @@ def test_metrics_match_sklearn():
 def load_truth(model, data):
     """Set an FM's weights to the generator's ground truth."""
     layer = model.get_layer("field_embedding")
-    table = np.zeros(layer.embeddings.shape, dtype="float32")
-    linear = np.zeros(layer.linear_weights.shape, dtype="float32")
+    factors = np.zeros((layer.total_rows, layer.embedding_dim), dtype="float32")
+    linear = np.zeros(layer.total_rows, dtype="float32")
     for field, offset in zip(layer.fields, layer.offsets, strict=True):
         p = data.info["params"][field["name"]]
-        table[offset : offset + len(p["w"])] = p["v"]
-        linear[offset : offset + len(p["w"]), 0] = p["w"]
-    layer.embeddings.assign(table)
-    layer.linear_weights.assign(linear)
+        factors[offset : offset + len(p["w"])] = p["v"]
+        linear[offset : offset + len(p["w"])] = p["w"]
+    layer.set_table(factors, linear)
     model.get_layer("logit").bias.assign(data.info["w0"])
 
 

@@ -30,8 +30,9 @@ backend only, and not for XLA (`jit_compile=False`, the default on CPU).
 import keras
 import tensorflow as tf
 
-# Variables of FieldEmbedding (and keras.layers.Embedding) that get sparse updates.
-TABLE_NAMES = ("embeddings", "linear_weights")
+# Table variables (FieldEmbedding's `table`, keras.layers.Embedding's
+# `embeddings`): kept out of weight decay, which would touch every row.
+TABLE_NAMES = ("table", "embeddings")
 
 
 def _dedupe(gradient):

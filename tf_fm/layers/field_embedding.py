@@ -62,9 +62,10 @@ def weights_input_name(field_name):
 class FieldEmbedding(keras.layers.Layer):
     """Turns a row's fields into the FM's terms x_i v_i and x_i w_i.
 
-    All fields share one fused table of `sum(rows per field)` vectors (plus a
-    first-order weight table with the same rows); per-field row offsets are
-    added to the ids, so a batch costs one gather per table.
+    All fields share one fused table of `sum(rows per field)` rows, each
+    holding a feature's factor vector v and its first-order weight w
+    (`k + 1` columns); per-field row offsets are added to the ids, so a batch
+    costs one gather, and its gradient and update touch each row once.
 
     * `categorical` field: one id per row in `[0, vocabulary_size)`, x = 1.
     * `numeric` field: a real value x per row, one learned vector v and weight
@@ -217,19 +218,40 @@ class FieldEmbedding(keras.layers.Layer):
         return names
 
     def build(self, input_shape=None):
+        k = self.embedding_dim
+
+        def initializer(shape, dtype=None):
+            return ops.concatenate(
+                [
+                    self.embeddings_initializer((shape[0], k), dtype=dtype),
+                    self.linear_initializer((shape[0], 1), dtype=dtype),
+                ],
+                axis=1,
+            )
+
+        # One row per feature: v (k columns) then w. The forward gather, its
+        # gradient and the optimizer's row update touch each row once.
         # autocast=False: the lookup needs the tf.Variable itself, not a cast copy.
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(self.total_rows, self.embedding_dim),
-            initializer=self.embeddings_initializer,
+        self.table = self.add_weight(
+            name="table",
+            shape=(self.total_rows, k + 1),
+            initializer=initializer,
             autocast=False,
         )
-        self.linear_weights = self.add_weight(
-            name="linear_weights",
-            shape=(self.total_rows, 1),
-            initializer=self.linear_initializer,
-            autocast=False,
-        )
+
+    def get_factors(self):
+        """The factor vectors v, `(rows, k)` numpy array (row = offset + id)."""
+        return keras.ops.convert_to_numpy(self.table)[:, : self.embedding_dim]
+
+    def get_linear_weights(self):
+        """The first-order weights w, `(rows,)` numpy array."""
+        return keras.ops.convert_to_numpy(self.table)[:, self.embedding_dim]
+
+    def set_table(self, factors, linear_weights):
+        """Assign v `(rows, k)` and w `(rows,)`."""
+        factors = np.asarray(factors, dtype=self.variable_dtype)
+        linear = np.asarray(linear_weights, dtype=self.variable_dtype).reshape(-1, 1)
+        self.table.assign(np.concatenate([factors, linear], axis=1))
 
     def _field_ids_and_values(self, field, inputs):
         """Raw ids (batch, slots) and x values (batch, slots) of one field."""
@@ -285,8 +307,9 @@ class FieldEmbedding(keras.layers.Layer):
         rows = ops.where(padding, self.padding_row or 0, ids + offset)  # (batch, slots)
         lengths = [f["max_length"] if f["kind"] == "multivalued" else 1 for f in self.fields]
 
-        factors = _tf_ops.resource_gather(self.embeddings, rows)  # (batch, slots, k)
-        weights = _tf_ops.resource_gather(self.linear_weights, rows)[..., 0]  # (batch, slots)
+        gathered = _tf_ops.resource_gather(self.table, rows)  # (batch, slots, k + 1)
+        factors = gathered[..., : self.embedding_dim]  # v, (batch, slots, k)
+        weights = gathered[..., self.embedding_dim]  # w, (batch, slots)
         terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
         linear = ops.sum(weights * values, axis=1, keepdims=True)  # (batch, 1)
 
