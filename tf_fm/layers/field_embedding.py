@@ -187,12 +187,20 @@ class FieldEmbedding(keras.layers.Layer):
         self.padding_row = rows if any(f["kind"] == "multivalued" for f in fields) else None
         self.total_rows = rows + (1 if self.padding_row is not None else 0)
 
+        # Inside `call` the fields are handled grouped by kind (categorical,
+        # numeric, multi-valued: a few batched ops instead of a few per field),
+        # and the outputs are put back in declared order with `_order`.
+        offset_of = dict(zip(self.field_names, self.offsets, strict=True))
+        self._grouped = [f for kind in FIELD_KINDS for f in fields if f["kind"] == kind]
+        order = [self._grouped.index(f) for f in fields]
+        self._order = None if order == list(range(len(fields))) else order
         # Per slot (one per categorical/numeric field, max_length per
-        # multi-valued field): what a vectorized range check and offset need.
+        # multi-valued field), in grouped order: what the range check and the
+        # row offsets need.
         self._slots = {"offset": [], "size": [], "low": [], "multivalued": [], "field": []}
-        for f, offset in zip(fields, self.offsets, strict=True):
+        for f in self._grouped:
             n = f["max_length"] if f["kind"] == "multivalued" else 1
-            self._slots["offset"] += [offset] * n
+            self._slots["offset"] += [offset_of[f["name"]]] * n
             self._slots["size"] += [f.get("vocabulary_size", 1)] * n
             self._slots["low"] += [PADDING_ID if f["kind"] == "multivalued" else 0] * n
             self._slots["multivalued"] += [f["kind"] == "multivalued"] * n
@@ -253,27 +261,22 @@ class FieldEmbedding(keras.layers.Layer):
         linear = np.asarray(linear_weights, dtype=self.variable_dtype).reshape(-1, 1)
         self.table.assign(np.concatenate([factors, linear], axis=1))
 
-    def _field_ids_and_values(self, field, inputs):
-        """Raw ids (batch, slots) and x values (batch, slots) of one field."""
-        name = field["name"]
+    def _input(self, inputs, name, dtype, shape):
         if name not in inputs:
             raise KeyError(f"FieldEmbedding: missing input for field '{name}'.")
-        x = inputs[name]
-        dtype = self.variable_dtype
-        if field["kind"] == "numeric":
-            values = ops.reshape(ops.cast(x, dtype), (-1, 1))
-            return ops.zeros_like(values, dtype="int64"), values
-        if field["kind"] == "categorical":
-            ids = ops.reshape(ops.cast(x, "int64"), (-1, 1))
-            return ids, ops.ones_like(ids, dtype=dtype)
+        x = ops.cast(inputs[name], dtype)
+        return x if tuple(x.shape[1:]) == shape else ops.reshape(x, (-1,) + shape)
 
-        ids = ops.reshape(ops.cast(x, "int64"), (-1, field["max_length"]))
+    def _multivalued_ids_and_values(self, field, inputs):
+        """Ids (batch, max_length) and x values (batch, max_length) of a multi-valued field."""
+        length = (field["max_length"],)
+        ids = self._input(inputs, field["name"], "int64", length)
         if field["weighted"]:
-            weights = ops.reshape(
-                ops.cast(inputs[weights_input_name(name)], dtype), (-1, field["max_length"])
+            weights = self._input(
+                inputs, weights_input_name(field["name"]), self.variable_dtype, length
             )
         else:
-            weights = ops.ones_like(ids, dtype=dtype)
+            weights = ops.ones_like(ids, dtype=self.variable_dtype)
         weights = ops.where(ops.equal(ids, PADDING_ID), 0.0, weights)
         if field["combiner"] == "sum":
             return ids, weights
@@ -284,28 +287,44 @@ class FieldEmbedding(keras.layers.Layer):
         return ids, weights / ops.where(ops.equal(denom, 0.0), 1.0, denom)
 
     def call(self, inputs):
-        ids, values = [], []
-        for field in self.fields:
-            i, v = self._field_ids_and_values(field, inputs)
-            ids.append(i)
-            values.append(v)
-        ids = ops.concatenate(ids, axis=1)  # (batch, slots), ids within each field
-        values = ops.concatenate(values, axis=1)  # (batch, slots), x_i
+        dtype = self.variable_dtype
+        ids, values = [], []  # per group: (batch, slots of the group)
+        categorical = [f["name"] for f in self._grouped if f["kind"] == "categorical"]
+        if categorical:
+            cat = ops.stack([self._input(inputs, n, "int64", ()) for n in categorical], axis=1)
+            ids.append(cat)
+            values.append(ops.ones_like(cat, dtype=dtype))
+        numeric = [f["name"] for f in self._grouped if f["kind"] == "numeric"]
+        if numeric:
+            x = ops.stack([self._input(inputs, n, dtype, ()) for n in numeric], axis=1)
+            ids.append(ops.zeros_like(x, dtype="int64"))
+            values.append(x)
+        for field in self._grouped:
+            if field["kind"] == "multivalued":
+                i, v = self._multivalued_ids_and_values(field, inputs)
+                ids.append(i)
+                values.append(v)
+        ids = ops.concatenate(ids, axis=1) if len(ids) > 1 else ids[0]  # (batch, slots)
+        values = ops.concatenate(values, axis=1) if len(values) > 1 else values[0]
 
         slots = self._slots
         size = np.asarray(slots["size"], dtype="int64")
-        padding = ops.logical_and(
-            ops.equal(ids, PADDING_ID), np.asarray(slots["multivalued"], dtype=bool)
-        )
+        offset = np.asarray(slots["offset"], dtype="int64")
+        padding = None
+        if self.padding_row is not None:
+            multivalued = np.asarray(slots["multivalued"], dtype=bool)
+            padding = ops.logical_and(ops.equal(ids, PADDING_ID), multivalued)
         if self.out_of_range == "error":
             ids = _tf_ops.check_ids_in_range(ids, slots["low"], slots["size"], slots["field"])
         else:
             outside = ops.logical_or(ops.less(ids, 0), ops.greater_equal(ids, size))
-            outside = ops.logical_and(outside, ops.logical_not(padding))
+            if padding is not None:
+                outside = ops.logical_and(outside, ops.logical_not(padding))
             ids = ops.where(outside, size, ids)  # the field's OOV row
-        offset = np.asarray(slots["offset"], dtype="int64")
-        rows = ops.where(padding, self.padding_row or 0, ids + offset)  # (batch, slots)
-        lengths = [f["max_length"] if f["kind"] == "multivalued" else 1 for f in self.fields]
+        rows = ids + offset  # (batch, slots)
+        if padding is not None:
+            rows = ops.where(padding, self.padding_row, rows)
+        lengths = [f["max_length"] if f["kind"] == "multivalued" else 1 for f in self._grouped]
 
         gathered = _tf_ops.resource_gather(self.table, rows)  # (batch, slots, k + 1)
         factors = gathered[..., : self.embedding_dim]  # v, (batch, slots, k)
@@ -326,6 +345,9 @@ class FieldEmbedding(keras.layers.Layer):
                 start += n
             embeddings = ops.concatenate(embeddings, axis=1)  # (batch, fields, k)
             squared = ops.concatenate(squared, axis=1)  # (batch, fields, k)
+        if self._order is not None:  # back to the declared field order
+            embeddings = ops.take(embeddings, self._order, axis=1)
+            squared = ops.take(squared, self._order, axis=1)
 
         used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)  # (batch, slots)
         if self.embeddings_l2:
