@@ -141,7 +141,7 @@ def run_one(config):
         def on_train_batch_end(self, batch, logs=None):
             times.append(time.perf_counter())
             warm = config["warmup"]
-            if len(times) > warm + 3 and times[-1] - times[warm] > config["seconds"]:
+            if len(times) > warm + 2 and times[-1] - times[warm] > config["seconds"]:
                 self.model.stop_training = True
 
     model.fit(data, steps_per_epoch=config["max_steps"], epochs=1, verbose=0, callbacks=[Clock()])
@@ -194,7 +194,7 @@ def main():
                         "rows": rows,
                         "setup": setup,
                         "ids": args.ids,
-                        "warmup": 3,
+                        "warmup": 2,
                         "seconds": args.seconds,
                         "max_steps": 400,
                     }
