@@ -7,6 +7,14 @@ from tf_fm.features import CategoricalField, MultiValuedField, NumericField
 from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
 from tf_fm.models import FM, DeepFM, compile_model
 from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD
+from tf_fm.schema import (
+    CategoricalFeature,
+    FeaturePreprocessor,
+    FeatureSchema,
+    MultiValuedFeature,
+    NumericFeature,
+    infer_schema,
+)
 
 __all__ = [
     "__version__",
@@ -26,4 +34,10 @@ __all__ = [
     "LazyAdam",
     "SparseAdagrad",
     "SparseSGD",
+    "CategoricalFeature",
+    "FeaturePreprocessor",
+    "FeatureSchema",
+    "MultiValuedFeature",
+    "NumericFeature",
+    "infer_schema",
 ]

@@ -1,0 +1,1244 @@
+"""FeatureSchema: one declaration per raw feature, learned once, applied twice.
+
+A `FeatureSchema` lists how each raw column (what the readers of `tf_fm.data`
+yield) becomes a model input of `tf_fm.FM` / `tf_fm.DeepFM`:
+
+* `CategoricalFeature`: a vocabulary learned from data (`StringLookup` /
+  `IntegerLookup`, with a minimum count and OOV buckets), a fixed number of
+  hash bins (`Hashing`), or integer ids that already are `[0, num_ids)`.
+* `NumericFeature`: a real value, unchanged, standardized (`Normalization`),
+  `log1p`-transformed, or bucketized (`Discretization`, then categorical).
+* `MultiValuedFeature`: one delimited string per row (`"Action|Comedy"`),
+  split, looked up and padded with -1 to `max_length` ids.
+
+`FeatureSchema.adapt(dataset)` learns every vocabulary and statistic in one
+streaming pass. `FeatureSchema.preprocessor()` is the Keras layer that maps the
+raw feature dict to the model-input dict: it runs inside `tf.data` for
+training (`FeatureSchema.preprocess(dataset)`) and inside the served model
+(`FeatureSchema.serving_model(model)`), so both paths compute the same ids.
+
+Example:
+
+>>> schema = FeatureSchema(
+...     [
+...         CategoricalFeature("user", min_count=2),
+...         NumericFeature("price", transform="log1p", default=0.0),
+...         MultiValuedFeature("genres", separator="|", max_length=4),
+...     ]
+... )
+>>> schema.adapt(raw_dataset)  # ({"user": ..., "price": ..., "genres": ...}, label)
+>>> model = tf_fm.FM(schema.fields())
+>>> model.fit(schema.preprocess(raw_dataset), epochs=1)
+>>> serving = schema.serving_model(model)  # raw named features in, probability out
+>>> serving.export("saved_models/fm/1")
+"""
+
+import collections
+import copy
+import dataclasses
+import json
+import math
+import pathlib
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tf_fm.features import CategoricalField, MultiValuedField, NumericField
+
+SCHEMA_FORMAT = "tf_fm.FeatureSchema"
+SCHEMA_VERSION = 1
+ENCODINGS = ("vocabulary", "hash", "integer")
+MULTI_VALUED_ENCODINGS = ("vocabulary", "hash")
+TRANSFORMS = ("none", "standardize", "log1p", "discretize")
+CATEGORICAL_DTYPES = ("string", "int64")
+OUT_OF_RANGE_MODES = ("error", "oov")
+COMBINERS = ("sum", "mean", "sqrtn")
+PADDING_ID = -1
+# Tokens the lookup layers reserve for OOV: a literal occurrence in the data
+# is left out of the learned vocabulary, so it maps to an OOV id like any
+# unseen value.
+_STRING_OOV_TOKEN = "[UNK]"
+_INTEGER_OOV_TOKEN = -1
+
+
+def _check_positive_int(feature, arg, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(
+            f"Feature '{feature}': `{arg}` must be a positive integer. Received: {arg}={value!r}"
+        )
+
+
+def _check_choice(feature, arg, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"Feature '{feature}': `{arg}` must be one of {choices}. Received: {arg}={value!r}"
+        )
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"A feature needs a non-empty string `name`. Received: name={name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalFeature:
+    """A categorical column: one raw value per row -> one id in `[0, size)`.
+
+    Three encodings:
+
+    * `"vocabulary"` (default): the ids of the values seen at least
+      `min_count` times in `FeatureSchema.adapt` (a `keras.layers.StringLookup`
+      for `dtype="string"`, `keras.layers.IntegerLookup` for `"int64"`).
+      Ids `0 .. num_oov_buckets - 1` are the OOV buckets: a value not in the
+      vocabulary (unseen, or rarer than `min_count`) is hashed into one of them,
+      never dropped. Learned tokens follow, most frequent first (ties in
+      token order). The missing value `""` is an ordinary category.
+    * `"hash"`: `keras.layers.Hashing(num_bins)` (FarmHash64, the same bin in
+      every process and on every machine); nothing is learned. For unbounded
+      vocabularies.
+    * `"integer"`: the raw values already are ids in `[0, num_ids)`. With
+      `out_of_range="error"` another id fails the preprocessing (training
+      pipeline or served model) with a message naming the feature; with
+      `"oov"` such ids (negative included) map to the extra id `num_ids`, so
+      the field has `num_ids + 1` ids.
+
+    Args:
+        name: str. The raw column's name, also the model input's name.
+        encoding: str. `"vocabulary"`, `"hash"` or `"integer"`. Defaults to
+            `"vocabulary"`.
+        dtype: str. The raw column's type: `"string"` or `"int64"` (ints of
+            any width are cast). Defaults to `"string"`.
+        min_count: int. Vocabulary: fewest occurrences a value needs to get
+            its own id. Defaults to 1.
+        max_tokens: int or None. Vocabulary: keep at most this many of the
+            most frequent values (not counting OOV buckets). Defaults to None.
+        num_oov_buckets: int. Vocabulary: number of OOV ids, >= 1. Defaults
+            to 1.
+        vocabulary: sequence or None. Vocabulary: a fixed list of values used
+            instead of learning one. Defaults to None.
+        num_bins: int. Hash: number of bins. Required for `"hash"`.
+        num_ids: int. Integer: number of ids. Required for `"integer"`.
+        out_of_range: str. Integer: `"error"` or `"oov"`. Defaults to
+            `"error"`.
+    """
+
+    name: str
+    encoding: str = "vocabulary"
+    dtype: str = "string"
+    min_count: int = 1
+    max_tokens: int | None = None
+    num_oov_buckets: int = 1
+    vocabulary: tuple | None = None
+    num_bins: int | None = None
+    num_ids: int | None = None
+    out_of_range: str = "error"
+
+    kind = "categorical"
+
+    def __post_init__(self):
+        _check_name(self.name)
+        _check_choice(self.name, "encoding", self.encoding, ENCODINGS)
+        _check_choice(self.name, "dtype", self.dtype, CATEGORICAL_DTYPES)
+        _check_choice(self.name, "out_of_range", self.out_of_range, OUT_OF_RANGE_MODES)
+        _check_positive_int(self.name, "min_count", self.min_count)
+        _check_positive_int(self.name, "max_tokens", self.max_tokens, allow_none=True)
+        _check_positive_int(self.name, "num_oov_buckets", self.num_oov_buckets)
+        if self.vocabulary is not None:
+            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
+        if self.encoding == "hash":
+            _check_positive_int(self.name, "num_bins", self.num_bins)
+        if self.encoding == "integer":
+            _check_positive_int(self.name, "num_ids", self.num_ids)
+            if self.dtype != "int64":
+                raise ValueError(
+                    f"Feature '{self.name}': encoding='integer' needs dtype='int64'. "
+                    f"Received: dtype={self.dtype!r}"
+                )
+
+    @property
+    def raw_dtype(self):
+        return self.dtype
+
+    def get_config(self):
+        config = dataclasses.asdict(self)
+        config["kind"] = self.kind
+        if config["vocabulary"] is not None:
+            config["vocabulary"] = list(config["vocabulary"])
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class NumericFeature:
+    """A numeric column: one float per row, NaN for missing.
+
+    A missing value (NaN, or +-inf) is replaced by `default`, in raw units,
+    before the transform. With `default=None` a non-finite value is an error
+    naming the feature (`InvalidArgumentError` from the preprocessing, and a
+    failure of `FeatureSchema.adapt`).
+
+    Transforms:
+
+    * `"none"`: x.
+    * `"standardize"`: `(x - mean) / std` (`keras.layers.Normalization`), with
+      the mean and population standard deviation of the filled values seen in
+      `adapt`. A constant column is only centered (std taken as 1).
+    * `"log1p"`: `log(1 + max(x, 0))`: negative values are clipped to 0, as
+      in the DLRM Criteo preprocessing, so no value gives NaN.
+    * `"discretize"`: the bucket index of x (`keras.layers.Discretization`):
+      bucket i holds `boundaries[i - 1] <= x < boundaries[i]`. Boundaries are
+      given (`bin_boundaries`) or learned as approximate quantiles of the
+      data (`num_bins`, the `Discretization` quantile sketch with
+      `epsilon`); duplicate learned boundaries (many equal values) are
+      merged. The model sees a categorical field with
+      `len(boundaries) + 1` ids.
+
+    Args:
+        name: str. The raw column's name, also the model input's name.
+        transform: str. `"none"`, `"standardize"`, `"log1p"` or
+            `"discretize"`. Defaults to `"none"`.
+        default: float or None. Raw value that replaces NaN / inf. Defaults
+            to None (missing values are an error).
+        num_bins: int or None. Discretize: number of quantile buckets to
+            learn.
+        bin_boundaries: sequence of float or None. Discretize: fixed sorted
+            boundaries.
+        epsilon: float. Discretize: error tolerance of the learned quantiles.
+            Defaults to 0.01.
+    """
+
+    name: str
+    transform: str = "none"
+    default: float | None = None
+    num_bins: int | None = None
+    bin_boundaries: tuple | None = None
+    epsilon: float = 0.01
+
+    kind = "numeric"
+
+    def __post_init__(self):
+        _check_name(self.name)
+        _check_choice(self.name, "transform", self.transform, TRANSFORMS)
+        if self.default is not None:
+            if not math.isfinite(float(self.default)):
+                raise ValueError(
+                    f"Feature '{self.name}': `default` must be finite. "
+                    f"Received: default={self.default!r}"
+                )
+            object.__setattr__(self, "default", float(self.default))
+        if self.transform == "discretize":
+            if (self.num_bins is None) == (self.bin_boundaries is None):
+                raise ValueError(
+                    f"Feature '{self.name}': transform='discretize' needs exactly one of "
+                    f"`num_bins` and `bin_boundaries`. Received: num_bins={self.num_bins!r}, "
+                    f"bin_boundaries={self.bin_boundaries!r}"
+                )
+            if self.num_bins is not None:
+                _check_positive_int(self.name, "num_bins", self.num_bins)
+                if self.num_bins < 2:
+                    raise ValueError(
+                        f"Feature '{self.name}': `num_bins` must be >= 2. "
+                        f"Received: num_bins={self.num_bins}"
+                    )
+            else:
+                bounds = tuple(float(b) for b in self.bin_boundaries)
+                if not bounds or any(b >= c for b, c in zip(bounds[:-1], bounds[1:], strict=True)):
+                    raise ValueError(
+                        f"Feature '{self.name}': `bin_boundaries` must be a non-empty, "
+                        f"strictly increasing sequence. Received: bin_boundaries={bounds!r}"
+                    )
+                object.__setattr__(self, "bin_boundaries", bounds)
+        elif self.num_bins is not None or self.bin_boundaries is not None:
+            raise ValueError(
+                f"Feature '{self.name}': `num_bins` / `bin_boundaries` need "
+                f"transform='discretize'. Received: transform={self.transform!r}"
+            )
+
+    @property
+    def raw_dtype(self):
+        return "float32"
+
+    def get_config(self):
+        config = dataclasses.asdict(self)
+        config["kind"] = self.kind
+        if config["bin_boundaries"] is not None:
+            config["bin_boundaries"] = list(config["bin_boundaries"])
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiValuedFeature:
+    """A multi-valued categorical column: one delimited string per row.
+
+    Each row is split on `separator` (`tf.strings.split`), empty tokens are
+    dropped (so `""` is a row with no values), each token becomes an id
+    (vocabulary with OOV buckets, or hash bins, as in `CategoricalFeature`),
+    and the ids are padded with -1 to `max_length` per row. A row with more
+    tokens keeps its first `max_length`; `adapt` counts such rows
+    (`FeatureSchema.state[name]["num_truncated_rows"]`). Tokens are not
+    de-duplicated: a repeated token (or two unseen tokens hashed to one OOV
+    bucket) gives a repeated id, which `FieldEmbedding` counts twice.
+
+    Args:
+        name: str. The raw column's name, also the model input's name.
+        separator: str. Token separator. Defaults to `"|"`.
+        max_length: int or None. Ids per row after padding / truncation.
+            None learns it as the longest row seen in `adapt`. Defaults to
+            None.
+        encoding: str. `"vocabulary"` or `"hash"`. Defaults to
+            `"vocabulary"`.
+        min_count: int. Vocabulary: fewest occurrences per token. Defaults
+            to 1.
+        max_tokens: int or None. Vocabulary: most frequent tokens kept (not
+            counting OOV buckets). Defaults to None.
+        num_oov_buckets: int. Vocabulary: number of OOV ids. Defaults to 1.
+        vocabulary: sequence of str or None. A fixed vocabulary. Defaults to
+            None.
+        num_bins: int. Hash: number of bins.
+        combiner: str. `"sum"`, `"mean"` or `"sqrtn"`, passed to the model's
+            `MultiValuedField`. Defaults to `"sum"`.
+    """
+
+    name: str
+    separator: str = "|"
+    max_length: int | None = None
+    encoding: str = "vocabulary"
+    min_count: int = 1
+    max_tokens: int | None = None
+    num_oov_buckets: int = 1
+    vocabulary: tuple | None = None
+    num_bins: int | None = None
+    combiner: str = "sum"
+
+    kind = "multivalued"
+
+    def __post_init__(self):
+        _check_name(self.name)
+        if not isinstance(self.separator, str) or not self.separator:
+            raise ValueError(
+                f"Feature '{self.name}': `separator` must be a non-empty string. "
+                f"Received: separator={self.separator!r}"
+            )
+        _check_positive_int(self.name, "max_length", self.max_length, allow_none=True)
+        _check_choice(self.name, "encoding", self.encoding, MULTI_VALUED_ENCODINGS)
+        _check_choice(self.name, "combiner", self.combiner, COMBINERS)
+        _check_positive_int(self.name, "min_count", self.min_count)
+        _check_positive_int(self.name, "max_tokens", self.max_tokens, allow_none=True)
+        _check_positive_int(self.name, "num_oov_buckets", self.num_oov_buckets)
+        if self.vocabulary is not None:
+            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
+        if self.encoding == "hash":
+            _check_positive_int(self.name, "num_bins", self.num_bins)
+
+    @property
+    def raw_dtype(self):
+        return "string"
+
+    @property
+    def dtype(self):
+        return "string"
+
+    def get_config(self):
+        config = dataclasses.asdict(self)
+        config["kind"] = self.kind
+        if config["vocabulary"] is not None:
+            config["vocabulary"] = list(config["vocabulary"])
+        return config
+
+
+FEATURE_CLASSES = {
+    "categorical": CategoricalFeature,
+    "numeric": NumericFeature,
+    "multivalued": MultiValuedFeature,
+}
+
+
+def feature_from_config(config):
+    """Rebuild a feature declaration from its `get_config()` dict."""
+    config = dict(config)
+    kind = config.pop("kind", None)
+    if kind not in FEATURE_CLASSES:
+        raise ValueError(f"`kind` must be one of {tuple(FEATURE_CLASSES)}. Received: kind={kind!r}")
+    return FEATURE_CLASSES[kind](**config)
+
+
+def _needs_vocabulary(feature):
+    return (
+        feature.kind in ("categorical", "multivalued")
+        and feature.encoding == "vocabulary"
+        and feature.vocabulary is None
+    )
+
+
+def _needs_adapt(feature):
+    """Whether the feature has something to learn before it can be applied."""
+    if _needs_vocabulary(feature):
+        return True
+    if feature.kind == "numeric":
+        return feature.transform == "standardize" or (
+            feature.transform == "discretize" and feature.bin_boundaries is None
+        )
+    return feature.kind == "multivalued" and feature.max_length is None
+
+
+# === TensorFlow ops shared by `adapt` and the preprocessing layer ===
+
+
+def _flat(x):
+    return tf.reshape(x, [-1])
+
+
+def _prepare_categorical(feature, x):
+    """Raw values (batch,) as tf.string or int64."""
+    x = _flat(tf.convert_to_tensor(x))
+    if feature.dtype == "string":
+        return x if x.dtype == tf.string else tf.strings.as_string(x)
+    if x.dtype == tf.string or not (x.dtype.is_integer or x.dtype.is_bool):
+        raise TypeError(
+            f"Feature '{feature.name}' is declared dtype='int64' but its input has "
+            f"dtype {x.dtype.name}."
+        )
+    return tf.cast(x, tf.int64)
+
+
+def _missing_message(feature):
+    # No quote characters: graph-mode assertion messages escape them.
+    return (
+        f"FeatureSchema: feature `{feature.name}` has a missing (NaN or inf) value and "
+        "declares no `default`; give NumericFeature a default"
+    )
+
+
+def _prepare_numeric(feature, x):
+    """Float32 (batch,) with missing values filled (or rejected), before the learned step.
+
+    Returns:
+        (values, number of missing values in the batch).
+    """
+    x = tf.cast(_flat(tf.convert_to_tensor(x)), tf.float32)
+    finite = tf.math.is_finite(x)
+    num_missing = tf.reduce_sum(tf.cast(tf.logical_not(finite), tf.int64))
+    if feature.default is None:
+        x = tf.debugging.assert_all_finite(x, _missing_message(feature))
+    else:
+        x = tf.where(finite, x, tf.constant(feature.default, tf.float32))
+    if feature.transform == "log1p":
+        x = tf.math.log1p(tf.maximum(x, 0.0))
+    return x, num_missing
+
+
+def _prepare_multivalued(feature, x):
+    """Tokens as a RaggedTensor (batch, None) of tf.string, empty tokens dropped."""
+    x = _flat(tf.convert_to_tensor(x))
+    if x.dtype != tf.string:
+        raise TypeError(
+            f"Feature '{feature.name}' is multi-valued: its input must be tf.string. "
+            f"Received dtype {x.dtype.name}."
+        )
+    tokens = tf.strings.split(x, sep=feature.separator)
+    return tf.ragged.boolean_mask(tokens, tf.not_equal(tokens, ""))
+
+
+def _features_of(*element):
+    """The feature dict of a dataset element: `features` or `(features, label, ...)`."""
+    return element[0]
+
+
+# === Learned state: one streaming pass ===
+
+
+class _Counter:
+    """Token counts over batches (np.unique per batch, then merged)."""
+
+    def __init__(self):
+        self.counts = collections.Counter()
+
+    def update(self, values):
+        if values.size:
+            tokens, counts = np.unique(values, return_counts=True)
+            self.counts.update(dict(zip(tokens.tolist(), counts.tolist(), strict=True)))
+
+    def vocabulary(self, feature):
+        reserved = _STRING_OOV_TOKEN if feature.dtype == "string" else _INTEGER_OOV_TOKEN
+        items = []
+        for token, count in self.counts.items():
+            if isinstance(token, bytes):
+                token = token.decode("utf-8")
+            if count >= feature.min_count and token != reserved:
+                items.append((token, count))
+        items.sort(key=lambda tc: (-tc[1], tc[0]))
+        if feature.max_tokens is not None:
+            items = items[: feature.max_tokens]
+        if not items:
+            raise ValueError(
+                f"Feature '{feature.name}': no value occurs min_count={feature.min_count} "
+                "times in the adapt data, so the learned vocabulary is empty."
+            )
+        return [t for t, _ in items]
+
+
+class _Moments:
+    """Count, mean and M2 merged batch by batch (Chan et al.), in float64."""
+
+    def __init__(self):
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def update(self, values):
+        n = values.size
+        if not n:
+            return
+        values = values.astype(np.float64)
+        mean = float(values.mean())
+        m2 = float(((values - mean) ** 2).sum())
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.count * n / total
+        self.count = total
+        self.min = min(self.min, float(values.min()))
+        self.max = max(self.max, float(values.max()))
+
+    @property
+    def variance(self):
+        return self.m2 / self.count if self.count else 0.0
+
+
+class _FeatureAccumulator:
+    """Everything `adapt` learns about one feature, updated batch by batch."""
+
+    def __init__(self, feature):
+        self.feature = feature
+        self.num_rows = 0
+        self.num_missing = 0
+        self.counter = _Counter() if _needs_vocabulary(feature) else None
+        self.moments = _Moments() if feature.kind == "numeric" else None
+        self.quantiles = None
+        if feature.kind == "numeric" and feature.transform == "discretize":
+            if feature.bin_boundaries is None:
+                self.quantiles = keras.layers.Discretization(
+                    num_bins=feature.num_bins, epsilon=feature.epsilon
+                )
+        self.max_observed_length = 0
+        self.num_truncated_rows = 0
+        self.num_out_of_range = 0
+
+    def tensors(self, x):
+        """The TF side: what this feature sends to `update` per batch."""
+        feature = self.feature
+        if feature.kind == "categorical":
+            return {"values": _prepare_categorical(feature, x)}
+        if feature.kind == "numeric":
+            values, num_missing = _prepare_numeric(feature, x)
+            return {"values": values, "num_missing": num_missing}
+        tokens = _prepare_multivalued(feature, x)
+        return {"tokens": tokens.flat_values, "lengths": tokens.row_lengths()}
+
+    def update(self, batch):
+        feature = self.feature
+        if feature.kind == "multivalued":
+            lengths = batch["lengths"]
+            self.num_rows += lengths.size
+            self.num_missing += int(np.sum(lengths == 0))
+            if lengths.size:
+                self.max_observed_length = max(self.max_observed_length, int(lengths.max()))
+            if feature.max_length is not None:
+                self.num_truncated_rows += int(np.sum(lengths > feature.max_length))
+            if self.counter is not None:
+                self.counter.update(batch["tokens"])
+            return
+        values = batch["values"]
+        self.num_rows += values.size
+        if feature.kind == "numeric":
+            self.num_missing += int(batch["num_missing"])
+            self.moments.update(values)
+            if self.quantiles is not None and values.size:
+                self.quantiles.update_state(values)
+            return
+        if feature.dtype == "string":
+            self.num_missing += int(np.sum(values == b""))
+        if feature.encoding == "integer":
+            self.num_out_of_range += int(np.sum((values < 0) | (values >= feature.num_ids)))
+        if self.counter is not None:
+            self.counter.update(values)
+
+    def finalize(self):
+        feature = self.feature
+        state = {"num_rows": self.num_rows, "num_missing": self.num_missing}
+        if feature.kind == "categorical" and feature.encoding == "integer":
+            state["num_out_of_range"] = self.num_out_of_range
+            if self.num_out_of_range and feature.out_of_range == "error":
+                raise ValueError(
+                    f"Feature '{feature.name}': {self.num_out_of_range} ids outside "
+                    f"[0, {feature.num_ids}) in the adapt data; declare a larger `num_ids` "
+                    "or out_of_range='oov'."
+                )
+        if self.counter is not None:
+            state["vocabulary"] = self.counter.vocabulary(feature)
+        if feature.kind == "numeric":
+            if self.num_rows == 0:
+                raise ValueError(f"Feature '{feature.name}': the adapt data has no rows.")
+            m = self.moments
+            state.update({"mean": m.mean, "variance": m.variance, "min": m.min, "max": m.max})
+            if self.quantiles is not None:
+                self.quantiles.finalize_state()
+                bounds = np.unique(np.asarray(self.quantiles.bin_boundaries, np.float64))
+                state["bin_boundaries"] = [float(b) for b in bounds]
+        if feature.kind == "multivalued":
+            state["max_observed_length"] = self.max_observed_length
+            state["num_truncated_rows"] = self.num_truncated_rows
+            if feature.max_length is None:
+                state["max_length"] = max(self.max_observed_length, 1)
+        return state
+
+
+# === The preprocessing layer ===
+
+
+@keras.saving.register_keras_serializable(package="tf_fm")
+class FeaturePreprocessor(keras.layers.Layer):
+    """Maps the raw feature dict to the model-input dict of a `FeatureSchema`.
+
+    Built from an adapted schema (its declarations and learned state are the
+    layer's config, so a `.keras` file restores it without re-adapting). It
+    runs in `tf.data` (`dataset.map`, any `num_parallel_calls`) and inside a
+    Keras model alike; `FeatureSchema.preprocessor()` returns one.
+
+    Args:
+        schema: `FeatureSchema` (adapted) or its `to_dict()` form.
+        **kwargs: base `keras.layers.Layer` arguments (`name`, ...). The
+            dtype policy defaults to `"float32"`, whatever the global policy.
+
+    Call arguments:
+        inputs: dict from raw feature name to a `(batch,)` tensor: tf.string
+            or int64 for categorical features, float32 (NaN for missing) for
+            numeric ones, tf.string for multi-valued ones. Other keys are
+            ignored.
+
+    Returns:
+        dict from feature name to `(batch,)` int64 ids (categorical and
+        discretized numeric features), `(batch,)` float32 values (numeric),
+        or `(batch, max_length)` int64 ids padded with -1 (multi-valued).
+
+    Example:
+
+    >>> preprocessor = schema.preprocessor()
+    >>> train = raw_dataset.map(lambda x, y: (preprocessor(x), y))
+    """
+
+    def __init__(self, schema, **kwargs):
+        if isinstance(schema, FeatureSchema):
+            schema = schema.to_dict()
+        schema = FeatureSchema.from_dict(schema)
+        missing = [
+            f.name for f in schema.features if _needs_adapt(f) and f.name not in schema.state
+        ]
+        if missing:
+            raise ValueError(
+                f"FeaturePreprocessor needs an adapted schema; call `schema.adapt(dataset)` "
+                f"first. Not adapted: {missing}"
+            )
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.schema = schema
+        self.feature_layers = {}
+        for feature in schema.features:
+            layer = self._make_layer(feature)
+            if layer is not None:
+                self.feature_layers[feature.name] = layer
+        self.built = True
+
+    def _make_layer(self, feature):
+        state = self.schema.state.get(feature.name, {})
+        prefix = f"{self.name}_{feature.name}"
+        if feature.kind in ("categorical", "multivalued"):
+            if feature.encoding == "hash":
+                return keras.layers.Hashing(feature.num_bins, name=f"{prefix}_hashing")
+            if feature.encoding == "integer":
+                return None
+            vocabulary = self.schema.vocabulary(feature.name)
+            if feature.dtype == "string":
+                return keras.layers.StringLookup(
+                    vocabulary=vocabulary,
+                    num_oov_indices=feature.num_oov_buckets,
+                    mask_token=None,
+                    oov_token=_STRING_OOV_TOKEN,
+                    name=f"{prefix}_lookup",
+                )
+            return keras.layers.IntegerLookup(
+                vocabulary=np.asarray(vocabulary, dtype="int64"),
+                num_oov_indices=feature.num_oov_buckets,
+                mask_token=None,
+                oov_token=_INTEGER_OOV_TOKEN,
+                vocabulary_dtype="int64",
+                name=f"{prefix}_lookup",
+            )
+        if feature.transform == "standardize":
+            variance = state["variance"] if state["variance"] > 0 else 1.0
+            layer = keras.layers.Normalization(
+                axis=None,
+                mean=state["mean"],
+                variance=variance,
+                dtype="float32",
+                name=f"{prefix}_normalization",
+            )
+            layer.build((None,))
+            return layer
+        if feature.transform == "discretize":
+            return keras.layers.Discretization(
+                bin_boundaries=self.schema.bin_boundaries(feature.name),
+                name=f"{prefix}_discretization",
+            )
+        return None
+
+    def _integer_ids(self, feature, ids):
+        size = feature.num_ids
+        outside = tf.logical_or(ids < 0, ids >= size)
+        if feature.out_of_range == "oov":
+            return tf.where(outside, tf.constant(size, tf.int64), ids)
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(outside)),
+            [
+                f"FeatureSchema: id out of range in feature `{feature.name}`: valid ids are "
+                f"0..{size - 1}; declare out_of_range=`oov` to map such ids to an OOV id. "
+                "First bad ids:",
+                tf.boolean_mask(ids, outside)[:3],
+            ],
+            summarize=3,
+        )
+        with tf.control_dependencies([check]):
+            return tf.identity(ids)
+
+    def _apply(self, feature, x):
+        layer = self.feature_layers.get(feature.name)
+        if feature.kind == "categorical":
+            x = _prepare_categorical(feature, x)
+            if feature.encoding == "integer":
+                return self._integer_ids(feature, x)
+            return tf.cast(layer(x), tf.int64)
+        if feature.kind == "numeric":
+            x, _ = _prepare_numeric(feature, x)
+            if feature.transform == "discretize":
+                return tf.cast(layer(x), tf.int64)
+            if feature.transform == "standardize":
+                x = layer(x)
+            return tf.cast(x, tf.float32)
+        tokens = _prepare_multivalued(feature, x)
+        ids = tokens.with_flat_values(tf.cast(layer(tokens.flat_values), tf.int64))
+        length = self.schema.max_length(feature.name)
+        # Pads with -1 and truncates to the first `length` ids of each row.
+        return ids.to_tensor(default_value=PADDING_ID, shape=[None, length])
+
+    def call(self, inputs):
+        outputs = {}
+        for feature in self.schema.features:
+            if feature.name not in inputs:
+                raise KeyError(
+                    f"FeaturePreprocessor: missing input for feature '{feature.name}'. "
+                    f"Received keys: {sorted(inputs)}"
+                )
+            outputs[feature.name] = self._apply(feature, inputs[feature.name])
+        return outputs
+
+    def compute_output_spec(self, inputs):
+        batch = None
+        for value in inputs.values():
+            batch = value.shape[0] if len(value.shape) else None
+            break
+        specs = {}
+        for feature in self.schema.features:
+            if feature.name not in inputs:
+                raise KeyError(f"FeaturePreprocessor: missing input for feature '{feature.name}'.")
+            field = self.schema.field(feature.name)
+            if isinstance(field, NumericField):
+                specs[feature.name] = keras.KerasTensor((batch,), dtype="float32")
+            elif isinstance(field, CategoricalField):
+                specs[feature.name] = keras.KerasTensor((batch,), dtype="int64")
+            else:
+                specs[feature.name] = keras.KerasTensor((batch, field.max_length), dtype="int64")
+        return specs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"schema": self.schema.to_dict()})
+        return config
+
+
+# === The schema ===
+
+
+class FeatureSchema:
+    """One declaration per raw feature, adapted once, applied in training and serving.
+
+    Args:
+        features: list of `CategoricalFeature`, `NumericFeature` and
+            `MultiValuedFeature` (or their `get_config()` dicts). Their order
+            is the order of `fields()`, hence of the model's field axis.
+        label: str or None. Name of the label column, kept for reference
+            (`infer_schema` sets it; the schema never reads it). Defaults to
+            None.
+        state: dict or None. Learned state per feature name, as written by
+            `adapt` (and by `to_dict`). Defaults to None (not adapted).
+
+    Example:
+
+    >>> schema = FeatureSchema([CategoricalFeature("user"), NumericFeature("age")])
+    >>> schema.adapt(raw_dataset)
+    >>> model = tf_fm.DeepFM(schema.fields())
+    """
+
+    def __init__(self, features, label=None, state=None):
+        features = [
+            f if isinstance(f, tuple(FEATURE_CLASSES.values())) else feature_from_config(f)
+            for f in features
+        ]
+        if not features:
+            raise ValueError("`features` must declare at least one feature. Received: []")
+        names = [f.name for f in features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"Feature names must be unique. Repeated: {duplicates}")
+        if label is not None and label in names:
+            raise ValueError(f"The label '{label}' cannot also be a feature.")
+        self.features = features
+        self.label = label
+        self.state = copy.deepcopy(dict(state or {}))
+        unknown = sorted(set(self.state) - set(names))
+        if unknown:
+            raise ValueError(f"`state` names unknown features: {unknown}")
+        self._preprocessor = None
+
+    # --- Accessors ---
+
+    @property
+    def names(self):
+        return [f.name for f in self.features]
+
+    def __getitem__(self, name):
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(f"No feature named '{name}'. Features: {self.names}")
+
+    @property
+    def adapted(self):
+        """Whether every feature that learns something has its learned state."""
+        return all(f.name in self.state for f in self.features if _needs_adapt(f))
+
+    def _learned(self, name, key):
+        state = self.state.get(name)
+        if state is None or key not in state:
+            raise ValueError(
+                f"Feature '{name}' is not adapted yet; call `schema.adapt(dataset)` first."
+            )
+        return state[key]
+
+    def vocabulary(self, name):
+        """The vocabulary of a vocabulary-encoded feature (fixed or learned), without OOV."""
+        feature = self[name]
+        if getattr(feature, "encoding", None) != "vocabulary":
+            raise ValueError(f"Feature '{name}' has no vocabulary (encoding={feature.encoding}).")
+        if feature.vocabulary is not None:
+            return list(feature.vocabulary)
+        return list(self._learned(name, "vocabulary"))
+
+    def bin_boundaries(self, name):
+        """Bucket boundaries of a discretized numeric feature (fixed or learned)."""
+        feature = self[name]
+        if feature.kind != "numeric" or feature.transform != "discretize":
+            raise ValueError(f"Feature '{name}' is not discretized.")
+        if feature.bin_boundaries is not None:
+            return list(feature.bin_boundaries)
+        return list(self._learned(name, "bin_boundaries"))
+
+    def max_length(self, name):
+        """Ids per row of a multi-valued feature (declared or learned)."""
+        feature = self[name]
+        if feature.max_length is not None:
+            return feature.max_length
+        return int(self._learned(name, "max_length"))
+
+    def field(self, name):
+        """The model field declaration (`tf_fm.features`) of one feature."""
+        feature = self[name]
+        if feature.kind == "numeric":
+            if feature.transform == "discretize":
+                return CategoricalField(name, len(self.bin_boundaries(name)) + 1)
+            return NumericField(name)
+        if feature.encoding == "hash":
+            size = feature.num_bins
+        elif feature.encoding == "integer":
+            size = feature.num_ids + (1 if feature.out_of_range == "oov" else 0)
+        else:
+            size = feature.num_oov_buckets + len(self.vocabulary(name))
+        if feature.kind == "categorical":
+            return CategoricalField(name, size)
+        return MultiValuedField(
+            name, size, self.max_length(name), weighted=False, combiner=feature.combiner
+        )
+
+    def fields(self):
+        """The field declarations to build `tf_fm.FM` / `tf_fm.DeepFM` with.
+
+        Returns:
+            list of `CategoricalField` / `NumericField` / `MultiValuedField`,
+            one per feature in schema order, with the learned vocabulary sizes.
+        """
+        return [self.field(f.name) for f in self.features]
+
+    # --- Learning ---
+
+    def adapt(self, dataset, steps=None):
+        """Learns all vocabularies and statistics in one streaming pass.
+
+        The dataset is read once, batch by batch: per feature only the token
+        counts, running moments and a quantile sketch are kept, never the
+        rows. Each batch is prepared by the same TensorFlow ops as the
+        preprocessing layer (NaN filling and its check, `log1p`, splitting),
+        run in a parallel `dataset.map`.
+
+        Args:
+            dataset: batched `tf.data.Dataset` of `features` dicts or
+                `(features, label, ...)` tuples, each feature `(batch,)`.
+            steps: int or None. Read at most this many batches (needed for
+                an infinitely repeating dataset). Defaults to None.
+
+        Returns:
+            The schema itself (adapted).
+        """
+        if not isinstance(dataset, tf.data.Dataset):
+            raise TypeError(
+                f"`dataset` must be a batched tf.data.Dataset. Received: {type(dataset).__name__}"
+            )
+        accumulators = {f.name: _FeatureAccumulator(f) for f in self.features}
+
+        def prepare(*element):
+            features = _features_of(*element)
+            out = {}
+            for name, accumulator in accumulators.items():
+                if name not in features:
+                    raise KeyError(
+                        f"FeatureSchema.adapt: the dataset has no feature '{name}'. "
+                        f"It has: {sorted(features)}"
+                    )
+                out[name] = accumulator.tensors(features[name])
+            return out
+
+        prepared = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+        if steps is not None:
+            prepared = prepared.take(steps)
+        num_rows = 0
+        for batch in prepared.prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            for name, accumulator in accumulators.items():
+                accumulator.update(batch[name])
+            num_rows = accumulators[self.features[0].name].num_rows
+        if num_rows == 0:
+            raise ValueError("FeatureSchema.adapt: the dataset has no rows.")
+        self.state = {name: acc.finalize() for name, acc in accumulators.items()}
+        self._preprocessor = None
+        return self
+
+    # --- Applying ---
+
+    def preprocessor(self):
+        """The `FeaturePreprocessor` layer of this schema (one instance, reused).
+
+        Returns:
+            A `FeaturePreprocessor`: raw feature dict -> model-input dict.
+        """
+        if self._preprocessor is None:
+            self._preprocessor = FeaturePreprocessor(self, name="feature_preprocessor")
+        return self._preprocessor
+
+    def preprocess(self, dataset, num_parallel_calls=tf.data.AUTOTUNE):
+        """Applies the preprocessing inside `tf.data` (the training path).
+
+        Args:
+            dataset: batched `tf.data.Dataset` of raw `features` dicts or
+                `(features, label, ...)` tuples.
+            num_parallel_calls: int. Passed to `dataset.map`. Defaults to
+                `tf.data.AUTOTUNE`.
+
+        Returns:
+            The mapped dataset, labels (and sample weights) untouched.
+        """
+        preprocessor = self.preprocessor()
+
+        def apply(*element):
+            if len(element) == 1:
+                return preprocessor(element[0])
+            return (preprocessor(element[0]), *element[1:])
+
+        return dataset.map(apply, num_parallel_calls=num_parallel_calls)
+
+    def raw_inputs(self):
+        """One `keras.Input` per raw feature, `(batch,)`, named after the feature.
+
+        Returns:
+            dict from feature name to `keras.Input` of dtype `"string"`,
+            `"int64"` or `"float32"`.
+        """
+        return {
+            f.name: keras.Input(shape=(), dtype=f.raw_dtype, name=f.name) for f in self.features
+        }
+
+    def serving_model(self, model, name=None):
+        """Composes the preprocessing with a trained model: raw features in.
+
+        Args:
+            model: a `keras.Model` taking the model-input dict (`tf_fm.FM`,
+                `tf_fm.DeepFM`, built on `fields()`).
+            name: str or None. Name of the returned model. Defaults to
+                `"<model name>_serving"`.
+
+        Returns:
+            A functional `keras.Model` whose inputs are the raw named features
+            (`raw_inputs()`) and whose output is `model`'s output. It saves to
+            `.keras` and exports (`.export(path)`) without custom objects.
+        """
+        inputs = self.raw_inputs()
+        model_inputs = self.preprocessor()(inputs)
+        wanted = [t.name for t in keras.tree.flatten(model.inputs)]
+        unknown = [n for n in wanted if n not in model_inputs]
+        if unknown:
+            raise ValueError(
+                f"The model reads inputs the schema does not produce: {unknown}. "
+                f"Schema features: {self.names}"
+            )
+        outputs = model({n: model_inputs[n] for n in wanted})
+        return keras.Model(inputs=inputs, outputs=outputs, name=name or f"{model.name}_serving")
+
+    # --- Serialization ---
+
+    def to_dict(self):
+        """Declarations and learned state as plain JSON types."""
+        return {
+            "format": SCHEMA_FORMAT,
+            "version": SCHEMA_VERSION,
+            "label": self.label,
+            "features": [f.get_config() for f in self.features],
+            "state": copy.deepcopy(self.state),
+        }
+
+    @classmethod
+    def from_dict(cls, config):
+        """Rebuild a schema (learned state included) from `to_dict()`."""
+        if config.get("format", SCHEMA_FORMAT) != SCHEMA_FORMAT:
+            raise ValueError(f"Not a {SCHEMA_FORMAT} dict. Received format={config['format']!r}")
+        if config.get("version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise ValueError(
+                f"Schema version {config['version']} is newer than this tf_fm ({SCHEMA_VERSION})."
+            )
+        return cls(config["features"], label=config.get("label"), state=config.get("state"))
+
+    def to_json(self, **kwargs):
+        """The schema as a JSON string (learned vocabularies and statistics included).
+
+        Args:
+            **kwargs: passed to `json.dumps` (e.g. `indent=2`).
+        """
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text):
+        """Rebuild a schema from `to_json()`, without re-adapting."""
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path):
+        """Writes `to_json()` to `path`."""
+        pathlib.Path(path).write_text(self.to_json(indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path):
+        """Reads a schema written by `save`."""
+        return cls.from_json(pathlib.Path(path).read_text(encoding="utf-8"))
+
+    def __eq__(self, other):
+        return isinstance(other, FeatureSchema) and self.to_dict() == other.to_dict()
+
+    __hash__ = None
+
+    # --- Display ---
+
+    def _describe(self, feature):
+        if feature.kind == "numeric":
+            text = feature.transform
+            if feature.transform == "discretize" and feature.bin_boundaries is None:
+                text += f" ({feature.num_bins} quantile bins)"
+        elif feature.encoding == "vocabulary":
+            text = f"vocabulary (min_count={feature.min_count}, {feature.num_oov_buckets} OOV)"
+            if feature.vocabulary is not None:
+                text = f"fixed vocabulary ({feature.num_oov_buckets} OOV)"
+        elif feature.encoding == "hash":
+            text = f"hash ({feature.num_bins} bins)"
+        else:
+            text = f"integer ids (out_of_range={feature.out_of_range})"
+        if feature.kind == "multivalued":
+            text += f", split {feature.separator!r}"
+        if feature.kind == "numeric" and feature.default is not None:
+            text += f", default={feature.default:g}"
+        return text
+
+    def _describe_field(self, feature):
+        try:
+            field = self.field(feature.name)
+        except ValueError:
+            return "(not adapted)"
+        if isinstance(field, NumericField):
+            return "numeric"
+        if isinstance(field, CategoricalField):
+            return f"categorical({field.vocabulary_size})"
+        return f"multivalued({field.vocabulary_size}, len {field.max_length})"
+
+    def _describe_state(self, feature):
+        state = self.state.get(feature.name)
+        if state is None:
+            return ""
+        parts = []
+        if "vocabulary" in state:
+            parts.append(f"{len(state['vocabulary'])} tokens")
+        if feature.kind == "numeric":
+            parts.append(f"mean {state['mean']:.4g}, std {math.sqrt(state['variance']):.4g}")
+        if state.get("num_missing"):
+            parts.append(f"{state['num_missing']} missing")
+        if state.get("num_truncated_rows"):
+            parts.append(f"{state['num_truncated_rows']} rows truncated")
+        if state.get("num_out_of_range"):
+            parts.append(f"{state['num_out_of_range']} out of range")
+        return ", ".join(parts)
+
+    def __str__(self):
+        header = ("feature", "kind", "preprocessing", "raw input", "model input", "learned")
+        rows = [
+            (
+                f.name,
+                f.kind,
+                self._describe(f),
+                f.raw_dtype,
+                self._describe_field(f),
+                self._describe_state(f),
+            )
+            for f in self.features
+        ]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = []
+        rows_seen = max((s.get("num_rows", 0) for s in self.state.values()), default=0)
+        title = f"FeatureSchema: {len(self.features)} features"
+        if self.label is not None:
+            title += f", label '{self.label}'"
+        title += f", adapted on {rows_seen:,} rows" if self.state else ", not adapted"
+        lines.append(title)
+        for row in [header, *rows]:
+            lines.append(
+                "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            )
+            if row is header:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (
+            f"FeatureSchema({self.names}, label={self.label!r}, "
+            f"adapted={self.adapted and bool(self.state)})"
+        )
+
+
+# === Inference ===
+
+
+def infer_schema(
+    data,
+    label=None,
+    separator=None,
+    max_integer_cardinality=1000,
+    overrides=None,
+    exclude=(),
+    sample_rows=100_000,
+):
+    """Proposes a `FeatureSchema` from a pandas DataFrame or a CSV sample.
+
+    Rules, per column (the label and `exclude` left out, `overrides` first):
+
+    * strings: `MultiValuedFeature(separator=separator)` if `separator` is
+      given and some value contains it, else a `CategoricalFeature`
+      vocabulary;
+    * booleans, and integers with at most `max_integer_cardinality` distinct
+      values: `CategoricalFeature(dtype="int64")` vocabulary;
+    * other integers and floats: `NumericFeature(transform="standardize")`,
+      with `default` = the sample mean when the sample has missing values
+      (otherwise no default: a missing value later is an error naming it).
+
+    The proposal is a starting point: ids with many distinct values (a user
+    id) become numeric under these rules; declare them in `overrides`.
+
+    Args:
+        data: `pandas.DataFrame`, or path of a CSV file (its first
+            `sample_rows` rows are read).
+        label: str or None. Label column, left out of the features.
+            Defaults to None.
+        separator: str or None. Separator of multi-valued string columns;
+            None never infers multi-valued. Defaults to None.
+        max_integer_cardinality: int. Most distinct values an integer
+            column can have to be inferred categorical. Defaults to 1000.
+        overrides: dict or None. Column name -> feature declaration used
+            as is (None drops the column). Defaults to None.
+        exclude: sequence of str. Columns to leave out. Defaults to `()`.
+        sample_rows: int. Rows read from a CSV path. Defaults to 100000.
+
+    Returns:
+        A `FeatureSchema` (not adapted), features in column order.
+
+    Example:
+
+    >>> schema = infer_schema(df, label="clicked", separator="|")
+    >>> print(schema)
+    """
+    if isinstance(data, pd.DataFrame):
+        frame = data
+    else:
+        frame = pd.read_csv(data, nrows=sample_rows)
+    overrides = dict(overrides or {})
+    exclude = set(exclude)
+    unknown = sorted((set(overrides) | exclude | ({label} if label else set())) - set(frame))
+    if unknown:
+        raise ValueError(f"Columns not in the data: {unknown}. Columns: {list(frame.columns)}")
+    features = []
+    for column in frame.columns:
+        if column == label or column in exclude:
+            continue
+        if column in overrides:
+            if overrides[column] is not None:
+                features.append(overrides[column])
+            continue
+        values = frame[column]
+        name = str(column)
+        if pd.api.types.is_bool_dtype(values):
+            features.append(CategoricalFeature(name, dtype="int64"))
+        elif pd.api.types.is_integer_dtype(values):
+            if values.nunique() <= max_integer_cardinality:
+                features.append(CategoricalFeature(name, dtype="int64"))
+            else:
+                features.append(NumericFeature(name, transform="standardize"))
+        elif pd.api.types.is_float_dtype(values):
+            default = float(values.mean()) if values.isna().any() else None
+            if default is not None and not math.isfinite(default):
+                default = 0.0
+            features.append(NumericFeature(name, transform="standardize", default=default))
+        elif pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+            strings = values.dropna().astype(str)
+            if separator is not None and strings.str.contains(separator, regex=False).any():
+                features.append(MultiValuedFeature(name, separator=separator))
+            else:
+                features.append(CategoricalFeature(name))
+        else:
+            raise ValueError(
+                f"Column '{column}' has dtype {values.dtype}, which infer_schema cannot map; "
+                "declare it in `overrides` or `exclude` it."
+            )
+    return FeatureSchema(features, label=label)
