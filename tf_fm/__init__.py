@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from tf_fm import data, features, layers, optimizers
+from tf_fm import data, export, features, layers, optimizers
+from tf_fm.export import export_saved_model, to_predict_request, to_rest_json
 from tf_fm.features import CategoricalField, MultiValuedField, NumericField
 from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
 from tf_fm.models import FM, DeepFM, compile_model
@@ -40,4 +41,8 @@ __all__ = [
     "MultiValuedFeature",
     "NumericFeature",
     "infer_schema",
+    "export",
+    "export_saved_model",
+    "to_predict_request",
+    "to_rest_json",
 ]
