@@ -14,7 +14,7 @@ def python_blocks():
 
 
 def test_readme_example_runs(tmp_path, monkeypatch):
-    (example,) = python_blocks()
+    example = python_blocks()[0]
     rng = np.random.default_rng(0)
     n = 256
     genres = rng.integers(0, 20, size=(n, 4))
@@ -37,3 +37,16 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         namespace["model"].predict(features, verbose=0), restored.predict(features, verbose=0)
     )
+
+
+def test_readme_criteo_to_serving_runs(tmp_path, monkeypatch, shared_data):
+    # The README's second example on the real Criteo sample: read, adapt, fit, export.
+    block = python_blocks()[1]
+    train = shared_data / "criteo_widresdnn_sample" / "train.csv"
+    assert '"train.txt"' in block
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block.replace('"train.txt"', repr(str(train))), str(README), "exec"), namespace)
+    versions = list((tmp_path / "saved_models" / "criteo_deepfm").iterdir())
+    assert [v.name for v in versions] == ["1"]
+    assert (versions[0] / "assets.extra" / "tf_fm.json").exists()

@@ -1,0 +1,423 @@
+"""libSVM / libFM and libFFM readers: rows that already are sparse feature vectors.
+
+A libSVM/libFM line is `label idx:val idx:val ...`, a libFFM line
+`label field:idx:val ...`. Such a row is one weighted multi-valued field of
+the FM: the readers yield `"<name>"` int64 ids `(batch, max_length)` padded
+with -1 and `"<name>_weights"` float32 values (0 at padding), what
+`MultiValuedField(name, vocabulary_size, max_length, weighted=True)` takes
+(see `libsvm_field`). libFFM adds `"<name>_fields"` int64, the field of each
+entry (-1 at padding). Indices are kept as written (0- or 1-based).
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from tf_fm.data import text
+from tf_fm.features import MultiValuedField
+
+_MAX_DIGITS = 15  # exact in float64
+_NO_TOKEN = 2**31 - 1
+
+
+class LibSVMStats(NamedTuple):
+    """What one scan of libSVM/libFFM files found.
+
+    Attributes:
+        rows: int. Well-formed lines (`label idx:val ...`).
+        malformed: int. Other non-blank lines (not counted below).
+        max_length: int. Most entries in a row.
+        max_index: int. Largest feature index, -1 when there is none.
+        max_field: int. Largest field (libFFM), -1 otherwise.
+    """
+
+    rows: int
+    malformed: int
+    max_length: int
+    max_index: int
+    max_field: int
+
+
+class _SparseParser:
+    def __init__(self, ffm, max_length=None, name="features"):
+        self.ffm = ffm
+        self.max_length = max_length
+        self.name = name
+        index = rf"\d{{1,{_MAX_DIGITS}}}"
+        self.token = (f"{index}:" if ffm else "") + f"{index}:{text.NUMBER}"
+        self.pattern = f"[ \\t]*(?:{text.NUMBER})(?:[ \\t]+{self.token})*[ \\t]*"
+        self.entry = "field:idx:val" if ffm else "idx:val"
+
+    def tokens(self, lines):
+        """Labels, row splits of the entries, ids, values, fields of well-formed lines.
+
+        The entries' pieces (split at whitespace, then `:`) are parsed at once
+        as float64 (exact for ids up to 15 digits; values are then rounded to
+        float32).
+        """
+        head = tf.strings.split(lines, maxsplit=1).to_tensor("", shape=[None, 2])
+        labels = tf.strings.to_number(head[:, 0], tf.float32)
+        tokens = tf.strings.split(head[:, 1])
+        pieces = tf.strings.split(tokens.flat_values, ":").flat_values
+        parts = 3 if self.ffm else 2
+        numbers = tf.reshape(tf.strings.to_number(pieces, tf.float64), [-1, parts])
+        ids = tf.cast(numbers[:, parts - 2], tf.int64)
+        values = tf.cast(numbers[:, parts - 1], tf.float32)
+        fields = tf.cast(numbers[:, 0], tf.int64) if self.ffm else None
+        return labels, tokens.row_splits, ids, values, fields
+
+    def parse(self, lines, task):
+        well_formed = tf.strings.regex_full_match(lines, self.pattern)
+        labels, splits, ids, values, fields = self.tokens(tf.where(well_formed, lines, "0"))
+        lengths = splits[1:] - splits[:-1]
+        label, label_ok = text.check_labels(labels, task)
+        fits = lengths <= self.max_length
+        ok = well_formed & label_ok & fits
+        shape = [None, self.max_length]
+
+        def pad(flat, value):
+            return tf.RaggedTensor.from_row_splits(flat, splits, validate=False).to_tensor(
+                value, shape=shape
+            )
+
+        features = {
+            self.name: pad(ids, tf.constant(-1, tf.int64)),
+            f"{self.name}_weights": pad(values, 0.0),
+        }
+        if self.ffm:
+            features[f"{self.name}_fields"] = pad(fields, tf.constant(-1, tf.int64))
+
+        def explain(bad):
+            tokens = tf.strings.split(tf.gather(lines, bad))
+            flat = tokens.flat_values
+            count = tokens.row_lengths()
+            rows = tokens.value_rowids()
+            starts = tokens.row_starts()
+            position = tf.range(tf.size(flat, out_type=tf.int64)) - tf.gather(starts, rows)
+            token_ok = tf.where(
+                position == 0,
+                tf.strings.regex_full_match(flat, text.NUMBER),
+                tf.strings.regex_full_match(flat, self.token),
+            )
+            first_bad = tf.math.unsorted_segment_min(
+                tf.where(token_ok, tf.constant(_NO_TOKEN, tf.int64), position),
+                rows,
+                tf.size(bad),
+            )
+            first_bad = tf.minimum(first_bad, _NO_TOKEN)
+            has_bad = first_bad < _NO_TOKEN
+            at = tf.where(has_bad, tf.gather(starts, tf.range(tf.size(bad))) + first_bad, -1)
+            shown = text.quoted(
+                tf.gather(
+                    tf.concat([flat, [""]], 0),
+                    tf.where(at < 0, tf.size(flat, out_type=tf.int64), at),
+                )
+            )
+            entries = count - 1
+            label_token = tf.gather(
+                tf.concat([flat, [""]], 0),
+                tf.where(count > 0, starts, tf.size(flat, out_type=tf.int64)),
+            )
+            return tf.where(
+                count == 0,
+                "no label (a line of only spaces)",
+                tf.where(
+                    has_bad & (first_bad == 0),
+                    tf.strings.join(["label ", shown, " is not a number"]),
+                    tf.where(
+                        has_bad,
+                        tf.strings.join(
+                            [
+                                "entry ",
+                                tf.strings.as_string(first_bad),
+                                " ",
+                                shown,
+                                f" is not {self.entry}",
+                            ]
+                        ),
+                        tf.where(
+                            tf.logical_not(tf.gather(well_formed, bad)),
+                            "malformed line (entries must be separated by spaces or tabs)",
+                            tf.where(
+                                entries > self.max_length,
+                                tf.strings.join(
+                                    [
+                                        tf.strings.as_string(entries),
+                                        f" entries, more than max_length={self.max_length}",
+                                    ]
+                                ),
+                                text.label_reason(label_token, task),
+                            ),
+                        ),
+                    ),
+                ),
+            )
+
+        return (features, label), ok, explain, lambda rows: rows
+
+
+def scan_libsvm(paths, *, ffm=False, compression_type=None):
+    """Scans libSVM/libFM (or libFFM) files once: row count, longest row, largest index.
+
+    Lines that are not well formed are counted in `malformed` and otherwise
+    ignored (the readers report them).
+
+    Args:
+        paths: a file, a glob pattern, or a list of them.
+        ffm: bool. libFFM lines (`label field:idx:val ...`). Defaults to False.
+        compression_type: `""`, `"GZIP"` or `"ZLIB"`. Defaults to GZIP when
+            every file ends in `.gz`.
+
+    Returns:
+        `LibSVMStats`.
+    """
+    files = text.resolve_paths(paths)
+    compression = text.compression_of(files, compression_type)
+    parser = _SparseParser(ffm)
+    blocks = text.line_blocks(files, skip_header=False, compression_type=compression)
+
+    @text.graph_function
+    def stats(file_index, line, lines):
+        del file_index, line
+        ok = tf.strings.regex_full_match(lines, parser.pattern)
+        _, splits, ids, _, fields = parser.tokens(tf.where(ok, lines, "0"))
+        none = tf.constant([-1], tf.int64)
+        return (
+            tf.reduce_sum(tf.cast(ok, tf.int64)),
+            tf.reduce_sum(tf.cast(tf.logical_not(ok), tf.int64)),
+            tf.reduce_max(tf.concat([[0], splits[1:] - splits[:-1]], 0)),
+            tf.reduce_max(tf.concat([none, ids], 0)),
+            tf.reduce_max(tf.concat([none, fields if ffm else none], 0)),
+        )
+
+    @text.graph_function
+    def combine(a, b):
+        return (a[0] + b[0], a[1] + b[1], *map(tf.maximum, a[2:], b[2:]))
+
+    zero = tf.constant(0, tf.int64)
+    minus_one = tf.constant(-1, tf.int64)
+    result = blocks.map(stats, num_parallel_calls=text.AUTOTUNE).reduce(
+        (zero, zero, zero, minus_one, minus_one), combine
+    )
+    return LibSVMStats(*(int(x) for x in result))
+
+
+def libsvm_field(
+    paths=None,
+    *,
+    name="features",
+    vocabulary_size=None,
+    max_length=None,
+    ffm=False,
+    combiner="sum",
+    compression_type=None,
+):
+    """The `MultiValuedField` that the libSVM/libFFM readers' output feeds.
+
+    Args:
+        paths: files to scan when `vocabulary_size` or `max_length` is not
+            given (one pass, see `scan_libsvm`).
+        name: str. Input name; must match the reader's `name`. Defaults to
+            `"features"`.
+        vocabulary_size: int. Defaults to the largest index seen + 1.
+        max_length: int. Defaults to the most entries seen in a row.
+        ffm: bool. Scan libFFM lines. Defaults to False.
+        combiner: str. See `MultiValuedField`. Defaults to `"sum"` (libFM).
+        compression_type: see `scan_libsvm`.
+
+    Returns:
+        `MultiValuedField(name, vocabulary_size, max_length, weighted=True)`.
+    """
+    if vocabulary_size is None or max_length is None:
+        if paths is None:
+            raise ValueError("Pass `paths` to scan, or both `vocabulary_size` and `max_length`.")
+        stats = scan_libsvm(paths, ffm=ffm, compression_type=compression_type)
+        if vocabulary_size is None:
+            if stats.max_index < 0:
+                raise ValueError(f"No feature index found in {paths!r}.")
+            vocabulary_size = stats.max_index + 1
+        if max_length is None:
+            max_length = max(stats.max_length, 1)
+    return MultiValuedField(name, vocabulary_size, max_length, weighted=True, combiner=combiner)
+
+
+def _read_sparse(
+    paths,
+    *,
+    ffm,
+    max_length,
+    task,
+    name,
+    batch_size,
+    shuffle_buffer,
+    seed,
+    drop_remainder,
+    on_error,
+    report,
+    deterministic,
+    cycle_length,
+    compression_type,
+    prefetch,
+):
+    text.check_options(batch_size=batch_size, on_error=on_error, task=task, report=report)
+    files = text.resolve_paths(paths)
+    compression = text.compression_of(files, compression_type)
+    if max_length is None:
+        max_length = max(scan_libsvm(files, ffm=ffm, compression_type=compression).max_length, 1)
+    if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+        raise ValueError(f"`max_length` must be a positive integer. Received: {max_length!r}")
+    parser = _SparseParser(ffm, max_length, name)
+    return text.text_dataset(
+        files,
+        lambda lines: parser.parse(lines, task),
+        skip_header=False,
+        compression_type=compression,
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        on_error=on_error,
+        report=report,
+        deterministic=deterministic,
+        cycle_length=cycle_length,
+        prefetch=prefetch,
+    )
+
+
+def read_libsvm(
+    paths,
+    *,
+    max_length=None,
+    task="binary",
+    name="features",
+    batch_size=1024,
+    shuffle_buffer=None,
+    seed=None,
+    drop_remainder=False,
+    on_error="raise",
+    report=None,
+    deterministic=None,
+    cycle_length=None,
+    compression_type=None,
+    prefetch=True,
+):
+    """Reads libSVM / libFM files (`label idx:val idx:val ...`).
+
+    Any number of entries per row, separated by spaces or tabs. A line is
+    malformed when its label is not a number or not allowed by `task`, an
+    entry is not `idx:val` (idx up to 15 digits, val a number), or it has
+    more than `max_length` entries. With `on_error="raise"` iteration stops
+    with an error naming the file, the line and what is wrong; with
+    `on_error="skip"` such lines are dropped and recorded in `report`
+    (see `tf_fm.data.read_csv` and `ReadReport`). Blank lines are ignored.
+
+    Args:
+        paths: a file, a glob pattern, or a list of them.
+        max_length: int. Entries per row after padding. Defaults to the
+            longest row (one extra pass over the files, see `scan_libsvm`).
+        task: `"binary"` (labels 0/1, or -1/+1 mapped to 0/1) or
+            `"regression"` (any finite label, kept). Defaults to `"binary"`.
+        name: str. Name of the feature (and prefix of `_weights`).
+            Defaults to `"features"`.
+        batch_size: int. Rows per batch. Defaults to 1024.
+        shuffle_buffer: int or None. Shuffle window, as in `read_csv`.
+            Defaults to None (file order).
+        seed: int or None. Seed of the shuffling. Defaults to None.
+        drop_remainder: bool. Drop the last, smaller batch. Defaults to False.
+        on_error: `"raise"` or `"skip"`. Defaults to `"raise"`.
+        report: `ReadReport` for the skipped lines. Defaults to a new one.
+        deterministic: bool or None. Passed to tf.data. Defaults to None.
+        cycle_length: int. Files read at the same time. Defaults to
+            `min(4, number of files)`.
+        compression_type: `""`, `"GZIP"` or `"ZLIB"`. Defaults to GZIP when
+            every file ends in `.gz`.
+        prefetch: bool. Prefetch batches. Defaults to True.
+
+    Returns:
+        `tf.data.Dataset` of `(features, label)` batches: `features` is
+        `{name: int64 (batch, max_length) ids padded with -1,
+        name + "_weights": float32 (batch, max_length) values, 0 at padding}`,
+        the label float32 `(batch,)`.
+    """
+    return _read_sparse(
+        paths,
+        ffm=False,
+        max_length=max_length,
+        task=task,
+        name=name,
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        on_error=on_error,
+        report=report,
+        deterministic=deterministic,
+        cycle_length=cycle_length,
+        compression_type=compression_type,
+        prefetch=prefetch,
+    )
+
+
+def read_libffm(
+    paths,
+    *,
+    max_length=None,
+    task="binary",
+    name="features",
+    batch_size=1024,
+    shuffle_buffer=None,
+    seed=None,
+    drop_remainder=False,
+    on_error="raise",
+    report=None,
+    deterministic=None,
+    cycle_length=None,
+    compression_type=None,
+    prefetch=True,
+):
+    """Reads libFFM files (`label field:idx:val ...`).
+
+    Same as `read_libsvm`, each entry also carrying its field.
+
+    Args:
+        paths: a file, a glob pattern, or a list of them.
+        max_length: int. Entries per row after padding. Defaults to the
+            longest row (one extra pass over the files).
+        task: `"binary"` or `"regression"`, as in `read_libsvm`.
+        name: str. Name of the feature (and prefix of `_weights`,
+            `_fields`). Defaults to `"features"`.
+        batch_size: int. Rows per batch. Defaults to 1024.
+        shuffle_buffer: int or None. Shuffle window. Defaults to None.
+        seed: int or None. Seed of the shuffling. Defaults to None.
+        drop_remainder: bool. Drop the last, smaller batch. Defaults to False.
+        on_error: `"raise"` or `"skip"`. Defaults to `"raise"`.
+        report: `ReadReport` for the skipped lines. Defaults to a new one.
+        deterministic: bool or None. Passed to tf.data. Defaults to None.
+        cycle_length: int. Files read at the same time. Defaults to
+            `min(4, number of files)`.
+        compression_type: `""`, `"GZIP"` or `"ZLIB"`. Defaults to GZIP when
+            every file ends in `.gz`.
+        prefetch: bool. Prefetch batches. Defaults to True.
+
+    Returns:
+        `tf.data.Dataset` of `(features, label)` batches: as `read_libsvm`,
+        plus `name + "_fields"`: int64 `(batch, max_length)`, the field of
+        each entry, -1 at padding.
+    """
+    return _read_sparse(
+        paths,
+        ffm=True,
+        max_length=max_length,
+        task=task,
+        name=name,
+        batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        on_error=on_error,
+        report=report,
+        deterministic=deterministic,
+        cycle_length=cycle_length,
+        compression_type=compression_type,
+        prefetch=prefetch,
+    )
