@@ -440,11 +440,13 @@ def test_libffm_bad_entry(tmp_path):
     assert "entry 1 `3:1` is not field:idx:val" in str(error.value)
 
 
-def test_libsvm_feeds_an_fm_model(tmp_path):
-    path = write(tmp_path / "a.svm", "1 0:1 4:0.5\n0 2:1\n1 1:1 3:2 4:1\n")
+def test_libffm_without_fields_feeds_an_fm_model(tmp_path):
+    path = write(tmp_path / "a.ffm", "1 0:0:1 1:4:0.5\n0 0:2:1\n1 0:1:1 1:3:2 2:4:1\n")
     field = data.libsvm_field(vocabulary_size=5, max_length=3)
     model = tf_fm.FM([field], embedding_dim=4)
-    features, _ = next(iter(data.read_libsvm(path, max_length=field.max_length)))
+    dataset = data.read_libffm(path, max_length=field.max_length, with_fields=False)
+    features, _ = next(iter(dataset))
+    assert sorted(features) == ["features", "features_weights"]
     assert model(features).shape[0] == 3
 
 

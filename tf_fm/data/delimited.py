@@ -94,6 +94,7 @@ class _DelimitedParser:
         self.types = {name: column_types[name] for name in self.features}
         self.num_pos = [position[n] for n in self.features if self.types[n] == "float"]
         self.num_index = {position[n]: k for k, n in enumerate(self.features_of("float"))}
+        self.string_pos = {position[n] for n in self.features if self.types[n] == "string"}
         self.checked = sorted(self.num_pos + ([] if label is None else [self.label_pos]))
         self.checked_names = [
             "label" if p == self.label_pos else f"column `{self.names[p]}` =" for p in self.checked
@@ -226,7 +227,12 @@ class _DelimitedParser:
     def finish(self, rows):
         """The per-column outputs from the (checked) cell and number matrices."""
         cells, numbers = rows[:2]
-        columns = tf.unstack(cells, num=self.ncols, axis=1)
+        wanted = [p for p in range(self.ncols) if p in self.string_pos]
+        if len(wanted) == self.ncols:
+            columns = tf.unstack(cells, num=self.ncols, axis=1)
+        else:
+            # Copy only the string columns (one slice each), not the whole matrix.
+            columns = {p: cells[:, p] for p in wanted}
         values = tf.unstack(numbers, num=len(self.num_pos), axis=1) if self.num_pos else []
         features = {}
         position = {name: i for i, name in enumerate(self.names)}
@@ -313,7 +319,10 @@ def read_csv(
         infer_rows: int. Rows sampled for type inference. Defaults to 1000.
         task: `"binary"` (labels 0/1, or -1/+1 mapped to 0/1) or
             `"regression"` (any finite number). Defaults to `"binary"`.
-        batch_size: int. Rows per batch. Defaults to 1024.
+        batch_size: int. Rows per batch. Defaults to 1024. With
+            `on_error="skip"`, a batch that lost lines is that much shorter
+            (with `drop_remainder=True` batches are refilled to exactly
+            `batch_size`).
         shuffle_buffer: int or None. When set, the file order is shuffled
             and rows are shuffled within consecutive windows of this many
             rows (a full random permutation of each window, new every epoch);

@@ -39,14 +39,16 @@ class LibSVMStats(NamedTuple):
 
 
 class _SparseParser:
-    def __init__(self, ffm, max_length=None, name="features"):
+    def __init__(self, ffm, max_length=None, name="features", with_fields=True):
         self.ffm = ffm
+        self.with_fields = with_fields
         self.max_length = max_length
         self.name = name
         index = rf"\d{{1,{_MAX_DIGITS}}}"
         self.token = (f"{index}:" if ffm else "") + f"{index}:{text.NUMBER}"
         self.pattern = f"[ \\t]*(?:{text.NUMBER})(?:[ \\t]+{self.token})*[ \\t]*"
-        self.entry = "field:idx:val" if ffm else "idx:val"
+        entry = "field:idx:val" if ffm else "idx:val"
+        self.entry = f"{entry} (indices of up to {_MAX_DIGITS} digits)"
 
     def tokens(self, lines):
         """Labels, row splits of the entries, ids, values, fields of well-formed lines.
@@ -84,7 +86,7 @@ class _SparseParser:
             self.name: pad(ids, tf.constant(-1, tf.int64)),
             f"{self.name}_weights": pad(values, 0.0),
         }
-        if self.ffm:
+        if self.ffm and self.with_fields:
             features[f"{self.name}_fields"] = pad(fields, tf.constant(-1, tf.int64))
 
         def explain(bad):
@@ -245,6 +247,7 @@ def _read_sparse(
     paths,
     *,
     ffm,
+    with_fields=True,
     max_length,
     task,
     name,
@@ -266,7 +269,7 @@ def _read_sparse(
         max_length = max(scan_libsvm(files, ffm=ffm, compression_type=compression).max_length, 1)
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
         raise ValueError(f"`max_length` must be a positive integer. Received: {max_length!r}")
-    parser = _SparseParser(ffm, max_length, name)
+    parser = _SparseParser(ffm, max_length, name, with_fields)
     return text.text_dataset(
         files,
         lambda lines: parser.parse(lines, task),
@@ -362,6 +365,7 @@ def read_libffm(
     paths,
     *,
     max_length=None,
+    with_fields=True,
     task="binary",
     name="features",
     batch_size=1024,
@@ -383,6 +387,9 @@ def read_libffm(
         paths: a file, a glob pattern, or a list of them.
         max_length: int. Entries per row after padding. Defaults to the
             longest row (one extra pass over the files).
+        with_fields: bool. Also yield `name + "_fields"`. False leaves only
+            the inputs a `MultiValuedField` takes (an FM ignores fields).
+            Defaults to True.
         task: `"binary"` or `"regression"`, as in `read_libsvm`.
         name: str. Name of the feature (and prefix of `_weights`,
             `_fields`). Defaults to `"features"`.
@@ -401,12 +408,13 @@ def read_libffm(
 
     Returns:
         `tf.data.Dataset` of `(features, label)` batches: as `read_libsvm`,
-        plus `name + "_fields"`: int64 `(batch, max_length)`, the field of
-        each entry, -1 at padding.
+        plus (with `with_fields`) `name + "_fields"`: int64
+        `(batch, max_length)`, the field of each entry, -1 at padding.
     """
     return _read_sparse(
         paths,
         ffm=True,
+        with_fields=with_fields,
         max_length=max_length,
         task=task,
         name=name,

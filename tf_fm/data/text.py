@@ -46,8 +46,15 @@ class ReadReport:
     so the report is complete once the dataset has been iterated to the end;
     a line seen again in a later epoch is not counted twice. The first
     `log_first` skipped lines are also logged as warnings on the
-    `"tf_fm.data"` logger, so skipping is never silent. Thread-safe (tf.data
-    parses batches in parallel).
+    `"tf_fm.data"` logger, so skipping is never silent. Thread-safe: tf.data
+    parses batches in parallel, so lines are recorded in the order their
+    batches were parsed, not always in file order.
+
+    The readers record through a `tf.py_function` that runs only for a batch
+    with a bad line, so the dataset must be iterated in the Python process
+    that built it (as `model.fit` does), not shipped to another process
+    (tf.data service). `on_error="raise"` is pure TensorFlow and has no such
+    limit.
 
     Args:
         max_examples: int. How many skipped lines to keep in `examples`.

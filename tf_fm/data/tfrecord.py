@@ -20,32 +20,57 @@ def spec_path(path_prefix):
     return f"{os.fspath(path_prefix)}.spec.json"
 
 
-def _kind(array):
-    if array.dtype.kind in "OSU":
+_LISTS = {
+    "string": ("tensorflow.BytesList", "bytes_list"),
+    "float32": ("tensorflow.FloatList", "float_list"),
+    "int64": ("tensorflow.Int64List", "int64_list"),
+}
+
+
+def _kind(dtype):
+    if dtype == tf.string:
         return "string"
-    if array.dtype.kind == "f":
+    if dtype.is_floating:
         return "float32"
-    if array.dtype.kind in "iub":
+    if dtype.is_integer or dtype == tf.bool:
         return "int64"
-    raise TypeError(f"Cannot write values of dtype {array.dtype} to tf.train.Example.")
+    raise TypeError(f"Cannot write values of dtype {dtype.name} to tf.train.Example.")
 
 
-def _column(values, kind):
-    """Per-row lists of a batch column, in the proto's value type."""
-    flat = values.reshape(values.shape[0], -1)
-    if kind == "string":
-        return [[v if isinstance(v, bytes) else str(v).encode() for v in row] for row in flat]
-    if kind == "float32":
-        return flat.astype(np.float32).tolist()
-    return flat.astype(np.int64).tolist()
+def _encode(message, fields, values, counts):
+    """`tf.io.encode_proto` of one message per row; `counts` values per field."""
+    rows = tf.shape(values[0])[0]
+    sizes = tf.tile(tf.constant([counts], tf.int32), [rows, 1])
+    return tf.io.encode_proto(sizes, values, fields, message)
 
 
-def _feature(values, kind):
-    if kind == "string":
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-    if kind == "float32":
-        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+def _serializer(columns):
+    """Function from a batch dict to its serialized `tf.train.Example`s, vectorized."""
+
+    def serialize(batch):
+        entries = []
+        for name, (kind, shape) in columns.items():
+            length = int(np.prod(shape, dtype=np.int64))
+            value = batch[name]
+            value = tf.reshape(value, [-1, length])
+            value = value if kind == "string" else tf.cast(value, _DTYPES[kind])
+            message, field = _LISTS[kind]
+            values = _encode(message, ["value"], [value], [length])
+            feature = _encode("tensorflow.Feature", [field], [values[:, None]], [1])
+            key = tf.fill(tf.shape(feature)[:1], name)[:, None]
+            entry = _encode(
+                "tensorflow.Features.FeatureEntry",
+                ["key", "value"],
+                [key, feature[:, None]],
+                [1, 1],
+            )
+            entries.append(entry)
+        features = _encode(
+            "tensorflow.Features", ["feature"], [tf.stack(entries, axis=1)], [len(entries)]
+        )
+        return _encode("tensorflow.Example", ["features"], [features[:, None]], [1])
+
+    return serialize
 
 
 def write_tfrecords(
@@ -56,16 +81,18 @@ def write_tfrecords(
     Row `r` goes to shard `r % num_shards`; each row is one
     `tf.train.Example` with one feature per input (the label under
     `label_key`), so `read_tfrecords` gives back the same tensors, NaN
-    included. Every shard is written under a temporary name and renamed
-    when all are complete (as is the spec file `<path_prefix>.spec.json`,
-    which records names, dtypes and shapes), so a reader never sees a
-    half-written shard; on an error the temporary files are removed.
+    included. The Examples are serialized in tf.data, a batch at a time
+    (`tf.io.encode_proto`). Every shard is written under a temporary name and
+    renamed when all are complete (as is the spec file
+    `<path_prefix>.spec.json`, which records names, dtypes and shapes), so a
+    reader never sees a half-written shard; on an error the temporary files
+    are removed.
 
     Args:
         dataset: `tf.data.Dataset` of `(features, label)` batches (any
             reader of `tf_fm.data`) or of `features` dicts; values string,
             float (written as float32) or integer (int64), shape `(batch,)`
-            or `(batch, ...)`.
+            or `(batch, ...)` with known inner dimensions.
         path_prefix: str. Shards are `<path_prefix>-00000-of-0000N.tfrecord`
             (`.tfrecord.gz` with GZIP).
         num_shards: int. Number of shards. Defaults to 1.
@@ -75,11 +102,36 @@ def write_tfrecords(
     Returns:
         list of str, the shard paths.
     """
-    if not isinstance(num_shards, int) or num_shards <= 0:
+    if not isinstance(num_shards, int) or isinstance(num_shards, bool) or num_shards <= 0:
         raise ValueError(f"`num_shards` must be a positive integer. Received: {num_shards!r}")
     compression = compression_type or ""
     if compression not in ("", "GZIP"):
         raise ValueError(f"`compression_type` must be None or 'GZIP'. Received: {compression!r}")
+    element = dataset.element_spec
+    labeled = isinstance(element, tuple)
+    feature_specs = dict(element[0] if labeled else element)
+    if labeled:
+        if label_key in feature_specs:
+            raise ValueError(f"A feature is named {label_key!r}; pass another `label_key`.")
+        feature_specs[label_key] = element[1]
+    columns = {}
+    for name, spec in feature_specs.items():
+        inner = spec.shape[1:]
+        if spec.shape.rank is None or not inner.is_fully_defined():
+            raise ValueError(f"Feature {name!r} has shape {spec.shape}: inner sizes must be known.")
+        columns[str(name)] = (_kind(spec.dtype), inner.as_list())
+    serialize = _serializer(columns)
+
+    def to_batch(*element):
+        batch = dict(element[0])
+        if labeled:
+            batch[label_key] = element[1]
+        return serialize(batch)
+
+    records = dataset.map(text.graph_function(to_batch), num_parallel_calls=text.AUTOTUNE).prefetch(
+        text.AUTOTUNE
+    )
+
     prefix = os.fspath(path_prefix)
     parent = os.path.dirname(prefix)
     if parent:
@@ -92,43 +144,22 @@ def write_tfrecords(
     spec_temporary = f"{spec_file}.tmp-{token}"
     options = tf.io.TFRecordOptions(compression_type=compression)
     writers = [tf.io.TFRecordWriter(t, options) for t in temporary]
-    spec = None
     rows = 0
     try:
-        for element in dataset.as_numpy_iterator():
-            features, label = element if isinstance(element, tuple) else (element, None)
-            arrays = {str(k): np.asarray(v) for k, v in features.items()}
-            if label is not None:
-                if label_key in arrays:
-                    raise ValueError(f"A feature is named {label_key!r}; pass another `label_key`.")
-                arrays[label_key] = np.asarray(label, np.float32)
-            if spec is None:
-                spec = {
-                    "format": SPEC_FORMAT,
-                    "label": None if label is None else label_key,
-                    "features": {
-                        name: {"dtype": _kind(a), "shape": list(a.shape[1:])}
-                        for name, a in arrays.items()
-                    },
-                    "compression_type": compression,
-                }
-            expected = {n: tuple(f["shape"]) for n, f in spec["features"].items()}
-            found = {n: a.shape[1:] for n, a in arrays.items()}
-            if found != expected:
-                raise ValueError(f"Batches differ in features or shapes: {found} vs {expected}.")
-            kinds = {n: f["dtype"] for n, f in spec["features"].items()}
-            columns = {n: _column(a, kinds[n]) for n, a in arrays.items()}
-            for i in range(len(next(iter(arrays.values())))):
-                feature = {n: _feature(columns[n][i], kinds[n]) for n in columns}
-                example = tf.train.Example(features=tf.train.Features(feature=feature))
-                writers[rows % num_shards].write(example.SerializeToString())
+        for serialized in records.as_numpy_iterator():
+            for record in serialized:
+                writers[rows % num_shards].write(record)
                 rows += 1
         for writer in writers:
             writer.close()
-        if spec is None:
-            raise ValueError("The dataset is empty: nothing to write.")
-        spec["rows"] = rows
-        spec["shards"] = [os.path.basename(s) for s in shards]
+        spec = {
+            "format": SPEC_FORMAT,
+            "label": label_key if labeled else None,
+            "features": {n: {"dtype": k, "shape": shape} for n, (k, shape) in columns.items()},
+            "compression_type": compression,
+            "rows": rows,
+            "shards": [os.path.basename(s) for s in shards],
+        }
         with tf.io.gfile.GFile(spec_temporary, "w") as f:
             json.dump(spec, f, indent=1)
         tf.io.gfile.rename(spec_temporary, spec_file, overwrite=True)
