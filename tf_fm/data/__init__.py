@@ -1,44 +1,7 @@
-"""Input data for tf_fm models."""
+"""Input data for tf_fm models: file readers (`tf_fm.data.readers`) and synthetic data."""
 
-from tf_fm.data.readers import (
-    AVAZU_COLUMNS,
-    CRITEO_CATEGORICAL,
-    CRITEO_COLUMNS,
-    CRITEO_NUMERIC,
-    LibSVMStats,
-    ReadReport,
-    infer_column_types,
-    libsvm_field,
-    read_avazu,
-    read_criteo,
-    read_csv,
-    read_dataframe,
-    read_libffm,
-    read_libsvm,
-    read_tfrecords,
-    scan_libsvm,
-    write_tfrecords,
-)
+from tf_fm.data import readers
+from tf_fm.data.readers import *  # noqa: F403 (the readers' public API, listed in readers.__all__)
 from tf_fm.data.synthetic import SyntheticData, make_fm_data
 
-__all__ = [
-    "SyntheticData",
-    "make_fm_data",
-    "AVAZU_COLUMNS",
-    "CRITEO_CATEGORICAL",
-    "CRITEO_COLUMNS",
-    "CRITEO_NUMERIC",
-    "LibSVMStats",
-    "ReadReport",
-    "infer_column_types",
-    "libsvm_field",
-    "read_avazu",
-    "read_criteo",
-    "read_csv",
-    "read_dataframe",
-    "read_libffm",
-    "read_libsvm",
-    "read_tfrecords",
-    "scan_libsvm",
-    "write_tfrecords",
-]
+__all__ = ["SyntheticData", "make_fm_data", *readers.__all__]
