@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Mapping
 
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib import figure as mpl_figure
 from matplotlib.ticker import MaxNLocator
 
 from tf_fm import metrics
@@ -56,11 +56,11 @@ DPI = 120
 MAX_SCATTER_POINTS = 20_000
 
 
-class _InlineFigure(Figure):
-    """A `Figure` that displays itself in Jupyter / Colab without pyplot.
+class Figure(mpl_figure.Figure):
+    """A `matplotlib.figure.Figure` that displays itself in Jupyter / Colab.
 
-    IPython renders a plain `Figure` inline only after pyplot's inline
-    backend is set up; `_repr_png_` makes a returned figure display anyway.
+    IPython renders a plain `Figure` inline only once pyplot's inline backend
+    is set up; `_repr_png_` makes a returned figure display without pyplot.
     """
 
     def _repr_png_(self):
@@ -70,7 +70,7 @@ class _InlineFigure(Figure):
 
 
 def _new_figure(**kwargs):
-    return _InlineFigure(layout="constrained", **kwargs)
+    return Figure(layout="constrained", **kwargs)
 
 
 def _save(figure, path):
