@@ -335,3 +335,18 @@ def test_console_script_is_quiet():
     assert done.stdout == ""
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and "inspect" in done.stdout and done.stderr == ""
+
+
+@pytest.mark.slow
+def test_train_deepfm_on_the_criteo_sample_and_export(shared_data, tmp_path, capsys):
+    """The issue's acceptance run: the real Criteo sample, DeepFM, a verified export."""
+    root = shared_data / "criteo_widresdnn_sample"
+    export_dir = tmp_path / "criteo_deepfm"
+    args = ["train", "--data", str(root / "train.csv"), "--valid", str(root / "dev.csv")]
+    args += ["--format", "criteo", "--model", "deepfm", "--output", str(tmp_path / "run")]
+    assert cli.main([*args, "--export", str(export_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Validation: auc 0." in out and f"published {export_dir}/1" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["valid"]["rows"] == 409 and metrics["valid"]["auc"] > 0.6
+    assert tf_fm.export.read_metadata(export_dir / "1")["verification"]["rows"] == 409
