@@ -940,70 +940,127 @@ def build_parser():
         "validation AUC, resumable; optionally plots and a verified export",
     )
     _add_data_flags(train)
-    train.add_argument("--valid", nargs="+", metavar="FILE", help="validation files or globs")
-    train.add_argument("--schema", help="schema.json to use instead of inferring one")
-    train.add_argument(
-        "--model", choices=["fm", "deepfm"], default="deepfm", help="(default: deepfm)"
+    data = train.add_argument_group("data")
+    data.add_argument(
+        "--valid",
+        nargs="+",
+        metavar="FILE",
+        help="validation files or globs: early stopping, LR decay and the reported metrics "
+        "use them (without them: fixed --epochs)",
     )
-    train.add_argument(
-        "--task", choices=["binary", "regression"], default="binary", help="(default: binary)"
+    data.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="schema.json (tf_fm.FeatureSchema.save) to use instead of inferring one",
     )
-    train.add_argument(
-        "--output", help="run directory: model, schema, metrics, checkpoints (default: runs/MODEL)"
+    data.add_argument(
+        "--task",
+        choices=["binary", "regression"],
+        default="binary",
+        help="binary: labels 0/1 (or -1/+1), probability out, AUC/logloss; regression: real "
+        "labels, RMSE (default: binary)",
     )
-    train.add_argument(
-        "--export", metavar="DIR", help="export a verified SavedModel to DIR/<version>"
-    )
-    train.add_argument("--metrics-out", metavar="FILE", help="also write the metrics JSON here")
-    train.add_argument(
-        "--plots", metavar="DIR", help="write training curves, ROC, calibration PNGs"
-    )
-    train.add_argument("--epochs", type=int, default=10, help="most epochs (default: 10)")
-    train.add_argument("--batch-size", type=int, default=1024, help="(default: 1024)")
-    train.add_argument(
-        "--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)"
-    )
-    train.add_argument("--embedding-dim", type=int, default=10, help="k (default: 10)")
-    train.add_argument(
-        "--dnn-units", default="400,400,400", help="DeepFM hidden layers (default: 400,400,400)"
-    )
-    train.add_argument("--dropout", type=float, default=0.5, help="DeepFM dropout (default: 0.5)")
-    train.add_argument("--batch-norm", action="store_true", help="batch norm in the DNN")
-    train.add_argument(
-        "--l2",
-        type=float,
-        default=1e-5,
-        help="L2 on the embedding and linear rows used (default: 1e-5)",
-    )
-    train.add_argument(
-        "--patience",
-        type=int,
-        default=2,
-        help="epochs without validation improvement before stopping (default: 2)",
-    )
-    train.add_argument(
+    data.add_argument(
         "--min-count",
         type=int,
         default=2,
-        help="inferred vocabularies: fewest occurrences (default: 2)",
+        help="inferred vocabularies: fewest occurrences a value needs for its own id; rarer "
+        "values share the OOV id (default: 2)",
     )
-    train.add_argument("--separator", help="csv: multi-valued cells' separator, e.g. '|'")
-    train.add_argument("--categorical", nargs="+", metavar="COL", help="csv: force categorical")
-    train.add_argument("--numeric", nargs="+", metavar="COL", help="csv: force numeric")
-    train.add_argument(
+    data.add_argument(
+        "--separator", help="csv: separator of multi-valued cells, e.g. '|' (default: none)"
+    )
+    data.add_argument(
+        "--categorical", nargs="+", metavar="COL", help="csv: columns to treat as categorical"
+    )
+    data.add_argument(
+        "--numeric", nargs="+", metavar="COL", help="csv: columns to treat as numeric"
+    )
+    data.add_argument(
         "--shuffle-buffer",
         type=int,
         default=100_000,
-        help="rows shuffled together (default: 100000)",
+        help="rows shuffled together (files in random order, then windows of this many rows) "
+        "(default: 100000)",
     )
-    train.add_argument(
+    data.add_argument(
         "--on-error",
         choices=["raise", "skip"],
         default="raise",
-        help="malformed lines: stop with file:line (raise) or skip and count them",
+        help="a malformed line: stop with its file:line (raise), or skip it and report the "
+        "count (default: raise)",
     )
-    train.add_argument("--seed", type=int, default=0, help="(default: 0)")
-    train.add_argument("--overwrite", action="store_true", help="replace a finished run / version")
+    model = train.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        choices=["fm", "deepfm"],
+        default="deepfm",
+        help="fm: Factorization Machine; deepfm: FM + DNN on the same embeddings (default: deepfm)",
+    )
+    model.add_argument(
+        "--embedding-dim", type=int, default=10, help="k, the factor size per feature (default: 10)"
+    )
+    model.add_argument(
+        "--dnn-units",
+        default="400,400,400",
+        help="DeepFM hidden layer sizes, comma separated (default: 400,400,400)",
+    )
+    model.add_argument(
+        "--dropout",
+        type=float,
+        default=0.5,
+        help="DeepFM dropout rate after each hidden layer (default: 0.5)",
+    )
+    model.add_argument(
+        "--batch-norm", action="store_true", help="batch normalization in the DeepFM DNN"
+    )
+    model.add_argument(
+        "--l2",
+        type=float,
+        default=1e-5,
+        help="L2 on the embedding and first-order rows each example uses (default: 1e-5)",
+    )
+    fit = train.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, default=10, help="most epochs (default: 10)")
+    fit.add_argument(
+        "--batch-size", type=int, default=1024, help="rows per training step (default: 1024)"
+    )
+    fit.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-3,
+        help="initial learning rate of tf_fm.LazyAdam; divided by 10 after an epoch without "
+        "validation improvement (default: 1e-3)",
+    )
+    fit.add_argument(
+        "--patience",
+        type=int,
+        default=2,
+        help="epochs without validation improvement before stopping; the best epoch's "
+        "weights are kept (default: 2)",
+    )
+    fit.add_argument(
+        "--seed", type=int, default=0, help="seed of weights and shuffling (default: 0)"
+    )
+    outputs = train.add_argument_group("outputs")
+    outputs.add_argument(
+        "--output",
+        metavar="DIR",
+        help="run directory: model.keras, schema.json, metrics.json, history.json and the "
+        "checkpoints an interrupted run resumes from (default: runs/MODEL)",
+    )
+    outputs.add_argument(
+        "--export", metavar="DIR", help="export a verified TF Serving SavedModel to DIR/<version>"
+    )
+    outputs.add_argument(
+        "--metrics-out", metavar="FILE", help="also write the metrics JSON to FILE"
+    )
+    outputs.add_argument(
+        "--plots", metavar="DIR", help="write training curves, ROC and calibration PNGs to DIR"
+    )
+    outputs.add_argument(
+        "--overwrite", action="store_true", help="replace a finished run in --output"
+    )
 
     # --- evaluate / predict ---
     evaluate = verb("evaluate", cmd_evaluate, "metrics of a trained run on labelled files")
