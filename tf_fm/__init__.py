@@ -7,7 +7,7 @@ from tf_fm import _console
 if _console.is_console_script():  # the `tf-fm` command: quiet TensorFlow start-up
     _console.quiet_tensorflow_import()
 
-from tf_fm import data, export, features, layers, optimizers
+from tf_fm import data, export, features, layers, optimizers, plots
 from tf_fm.export import export_saved_model, to_predict_request, to_rest_json
 from tf_fm.features import CategoricalField, MultiValuedField, NumericField
 from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
@@ -28,6 +28,7 @@ __all__ = [
     "features",
     "layers",
     "optimizers",
+    "plots",
     "CategoricalField",
     "MultiValuedField",
     "NumericField",
