@@ -132,18 +132,21 @@ def test_lazy_adam_leaves_absent_rows_and_their_moments_alone():
     model = train(opt, batches, builder=tf_fm.FM)
     table = model.get_layer("field_embedding").table
     before = table.numpy().copy()
-    index = opt._get_variable_index(table)
-    m_before = opt._momentums[index].numpy().copy()
+    m_before, v_before = (x.numpy().copy() for x in opt.moments(table))
     features, labels = batches[0]
     features = dict(features, a=np.zeros_like(features["a"]))  # rows 1..3 of `a` absent
     model.train_on_batch(features, labels)
     np.testing.assert_array_equal(table.numpy()[1:4], before[1:4])
-    np.testing.assert_array_equal(opt._momentums[index].numpy()[1:4], m_before[1:4])
+    m_after, v_after = (x.numpy() for x in opt.moments(table))
+    np.testing.assert_array_equal(m_after[1:4], m_before[1:4])
+    np.testing.assert_array_equal(v_after[1:4], v_before[1:4])
+    assert not np.array_equal(m_after[0], m_before[0])
     assert not np.array_equal(table.numpy()[0], before[0])  # row 0 was updated
 
 
+@pytest.mark.parametrize("name", ["table", "kernel"])  # fused moments slot / Keras' slots
 @pytest.mark.parametrize("optimizer_cls", [SparseAdagrad, LazyAdam, SparseSGD])
-def test_duplicate_ids_are_summed(optimizer_cls):
+def test_duplicate_ids_are_summed(optimizer_cls, name):
     # The same gradient as IndexedSlices with repeated ids and as a dense tensor.
     values = tf.constant([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
     indices = tf.constant([2, 0, 2])
@@ -151,7 +154,7 @@ def test_duplicate_ids_are_summed(optimizer_cls):
     dense = tf.convert_to_tensor(sparse)
     results = []
     for grad in (sparse, dense):
-        var = keras.Variable(np.ones((4, 2), "float32"), name="table")
+        var = keras.Variable(np.ones((4, 2), "float32"), name=name)
         opt = optimizer_cls(0.1)
         opt.apply_gradients([(grad, var)])
         results.append(var.numpy())
@@ -161,6 +164,39 @@ def test_duplicate_ids_are_summed(optimizer_cls):
         np.testing.assert_array_equal(results[0][[1, 3]], 1.0)
     else:
         np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+
+
+def test_lazy_adam_table_slots_are_one_fused_variable_of_two_table_sizes():
+    opt = LazyAdam(0.01)
+    model = train(opt, full_cover_batches(1))
+    table = model.get_layer("field_embedding").table
+    rows, columns = table.shape
+    big = [v for v in opt.variables if len(v.shape) == 2 and v.shape[0] == rows]
+    assert [tuple(v.shape) for v in big] == [(rows, 2 * columns)]
+    m, v = (x.numpy() for x in opt.moments(table))
+    fused = big[0].numpy()
+    np.testing.assert_array_equal(fused[:, :columns], m)
+    np.testing.assert_array_equal(fused[:, columns:], v)
+    # Dense variables keep Keras' own momentum and velocity slots.
+    kernel = model.get_layer("dnn_dense_0").kernel
+    km, kv = (x.numpy() for x in opt.moments(kernel))
+    assert km.shape == kv.shape == tuple(kernel.shape)
+    assert np.any(km != 0) and np.all(kv >= 0)
+
+
+def test_lazy_adam_dense_gradient_for_a_table_is_dense_adam():
+    # A table that receives a dense gradient goes through the fused slot on
+    # every row: the same as keras.optimizers.Adam.
+    rng = np.random.default_rng(0)
+    results = []
+    for cls in (keras.optimizers.Adam, LazyAdam):
+        var = keras.Variable(np.ones((5, 3), "float32"), name="table")
+        opt = cls(0.05)
+        for _ in range(3):
+            opt.apply_gradients([(tf.constant(rng.normal(size=(5, 3)), "float32"), var)])
+        results.append(var.numpy())
+        rng = np.random.default_rng(0)
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-7)
 
 
 def test_weight_decay_skips_tables():

@@ -25,6 +25,14 @@ and is better left off for large tables.
 
 These update the TensorFlow variables with scatter operations: TensorFlow
 backend only, and not for XLA (`jit_compile=False`, the default on CPU).
+
+Cost per touched row (see benchmarks/README.md): the row work is random
+memory access, so the number of passes over the big arrays is what counts.
+`LazyAdam` keeps m and v of a table side by side in one slot variable
+`(rows, 2 * columns)` (one gather and one scatter for both moments), and
+every parameter row is written with a plain row copy (`scatter_update`, a
+memcpy per row), not `scatter_sub` (a read-modify-write per element, about
+twice as slow on CPU): safe because the ids are deduplicated first.
 """
 
 import keras
@@ -59,6 +67,16 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
+def _is_table(variable):
+    return variable.name in TABLE_NAMES and len(variable.shape) == 2
+
+
+def _subtract_rows(variable, ids, delta):
+    """`variable[ids] -= delta` for distinct `ids`: one gather and one row copy back."""
+    rows = tf.gather(variable, ids)
+    variable.scatter_update(tf.IndexedSlices(rows - delta, ids))
+
+
 class _SparseMixin:
     """Routes IndexedSlices gradients to `_sparse_update`, the rest to Keras."""
 
@@ -86,6 +104,13 @@ class LazyAdam(_SparseMixin, keras.optimizers.Adam):
     rows are left alone). Same arguments as `keras.optimizers.Adam`; `amsgrad`
     is not supported.
 
+    For a table variable (named `table` or `embeddings`, 2-D) the first and
+    second moments live in one slot variable of shape `(rows, 2 * columns)`,
+    m in the first half of each row and v in the second (the same memory as
+    two table-sized slots, one random access per row instead of two); use
+    `moments(variable)` to read them. Every other variable has Keras' own
+    `momentum` and `velocity` slots.
+
     Example:
 
     >>> model.compile(optimizer=tf_fm.optimizers.LazyAdam(1e-3), loss="binary_crossentropy")
@@ -96,23 +121,93 @@ class LazyAdam(_SparseMixin, keras.optimizers.Adam):
             raise ValueError("LazyAdam does not support `amsgrad=True`.")
         super().__init__(*args, **kwargs)
 
+    def build(self, var_list):
+        if self.built:
+            return
+        # Adam.build would give every variable two slots of its own shape;
+        # tables get one fused slot instead (see the class docstring).
+        keras.optimizers.Optimizer.build(self, var_list)
+        tables = [v for v in var_list if _is_table(v)]
+        dense = [v for v in var_list if not _is_table(v)]
+        momentums, velocities = self.add_optimizer_variables(dense, ["momentum", "velocity"])
+        by_key = {
+            self._var_key(v): (m, u) for v, m, u in zip(dense, momentums, velocities, strict=True)
+        }
+        self._momentums, self._velocities, self._table_moments = [], [], []
+        for variable in var_list:
+            if _is_table(variable):
+                rows, columns = variable.shape
+                # Placed with the table, as Keras places its own slots.
+                strategy = tf.distribute.get_strategy()
+                with strategy.extended.colocate_vars_with(_tf_variable(variable)):
+                    moments = self.add_variable(
+                        shape=(rows, 2 * columns),
+                        dtype=variable.dtype,
+                        name=f"{variable.path.replace('/', '_')}_moments",
+                    )
+                self._momentums.append(None)
+                self._velocities.append(None)
+                self._table_moments.append(moments)
+            else:
+                m, u = by_key[self._var_key(variable)]
+                self._momentums.append(m)
+                self._velocities.append(u)
+                self._table_moments.append(None)
+        if tables and self.weight_decay is not None:
+            self.exclude_from_weight_decay(var_list=tables)
+
+    def moments(self, variable):
+        """(m, v) of `variable` as tensors of its shape (split from the fused slot of a table)."""
+        index = self._get_variable_index(variable)
+        fused = self._table_moments[index]
+        if fused is None:
+            return (
+                keras.ops.convert_to_tensor(self._momentums[index]),
+                keras.ops.convert_to_tensor(self._velocities[index]),
+            )
+        columns = variable.shape[1]
+        fused = keras.ops.convert_to_tensor(fused)
+        return fused[:, :columns], fused[:, columns:]
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._table_moments[self._get_variable_index(variable)] is not None and not (
+            isinstance(gradient, tf.IndexedSlices)
+        ):
+            # A dense gradient for a table (rare: a lookup that densifies):
+            # the same update on every row, through the fused slot.
+            gradient = tf.IndexedSlices(
+                tf.convert_to_tensor(gradient), tf.range(tf.shape(gradient)[0])
+            )
+        super().update_step(gradient, variable, learning_rate)
+
     def _sparse_update(self, ids, grad, variable, lr):
         index = self._get_variable_index(variable)
-        m = _tf_variable(self._momentums[index])
-        v = _tf_variable(self._velocities[index])
         var = _tf_variable(variable)
         step = tf.cast(self.iterations + 1, var.dtype)
         beta_1 = tf.cast(self.beta_1, var.dtype)
         beta_2 = tf.cast(self.beta_2, var.dtype)
         alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
 
-        m_rows = tf.gather(m, ids)
-        v_rows = tf.gather(v, ids)
+        fused = self._table_moments[index]
+        if fused is not None:
+            fused = _tf_variable(fused)
+            columns = grad.shape[-1]
+            both = tf.gather(fused, ids)  # (n, 2 * columns): m | v
+            m_rows = both[:, :columns]
+            v_rows = both[:, columns:]
+        else:
+            m = _tf_variable(self._momentums[index])
+            v = _tf_variable(self._velocities[index])
+            m_rows = tf.gather(m, ids)
+            v_rows = tf.gather(v, ids)
         m_rows = m_rows + (grad - m_rows) * (1 - beta_1)
         v_rows = v_rows + (tf.square(grad) - v_rows) * (1 - beta_2)
-        m.scatter_update(tf.IndexedSlices(m_rows, ids))
-        v.scatter_update(tf.IndexedSlices(v_rows, ids))
-        var.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), ids))
+        if fused is not None:
+            fused.scatter_update(tf.IndexedSlices(tf.concat([m_rows, v_rows], axis=1), ids))
+        else:
+            m.scatter_update(tf.IndexedSlices(m_rows, ids))
+            v.scatter_update(tf.IndexedSlices(v_rows, ids))
+        _subtract_rows(var, ids, alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon))
 
 
 @keras.saving.register_keras_serializable(package="tf_fm")
@@ -127,7 +222,7 @@ class SparseAdagrad(_SparseMixin, keras.optimizers.Adagrad):
         var = _tf_variable(variable)
         acc_rows = tf.gather(accumulator, ids) + tf.square(grad)
         accumulator.scatter_update(tf.IndexedSlices(acc_rows, ids))
-        var.scatter_sub(tf.IndexedSlices(lr * grad / tf.sqrt(acc_rows + self.epsilon), ids))
+        _subtract_rows(var, ids, lr * grad / tf.sqrt(acc_rows + self.epsilon))
 
 
 @keras.saving.register_keras_serializable(package="tf_fm")
@@ -140,4 +235,4 @@ class SparseSGD(_SparseMixin, keras.optimizers.SGD):
         super().__init__(*args, **kwargs)
 
     def _sparse_update(self, ids, grad, variable, lr):
-        _tf_variable(variable).scatter_sub(tf.IndexedSlices(lr * grad, ids))
+        _subtract_rows(_tf_variable(variable), ids, lr * grad)
