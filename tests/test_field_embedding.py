@@ -238,3 +238,70 @@ def test_mixed_precision_outputs():
         run(ref, batch())["embeddings"],
         rtol=1e-2,
     )
+
+
+def test_table_gradient_matches_a_dense_reference():
+    # The layer's sparse gradient (id rows gathered per example, numeric rows
+    # gathered once and broadcast) against the FM formula on a dense tensor.
+    layer = make_layer()
+    k = layer.embedding_dim
+    inputs = batch()
+    rng = np.random.default_rng(1)
+    r_e = tf.constant(rng.normal(size=(2, 4, k)), "float32")
+    r_s = tf.constant(rng.normal(size=(2, 4, k)), "float32")
+    r_l = tf.constant(rng.normal(size=(2, 1)), "float32")
+
+    def objective(out):
+        return (
+            tf.reduce_sum(out["embeddings"] * r_e)
+            + tf.reduce_sum(out["squared_embeddings"] * r_s)
+            + tf.reduce_sum(out["linear"] * r_l)
+        )
+
+    with tf.GradientTape() as tape:
+        loss = objective(layer(inputs))
+    got = tape.gradient(loss, layer.table)
+    assert isinstance(got, tf.IndexedSlices)
+
+    dense = tf.constant(layer.table.numpy())
+    g = inputs["g"]
+    g_x = np.where(g == -1, 0.0, inputs["g_weights"]).astype("float32")
+    g_rows = np.where(g == -1, layer.padding_row, 9 + g)
+    with tf.GradientTape() as tape:
+        tape.watch(dense)
+        v, w = dense[:, :k], dense[:, k]
+        x = inputs["x"]
+        fields = [  # per field: (batch, slots) rows and x
+            (inputs["a"][:, None], np.ones((2, 1), "float32")),
+            (np.full((2, 1), 5), x[:, None]),
+            (6 + inputs["b"][:, None], np.ones((2, 1), "float32")),
+            (g_rows, g_x),
+        ]
+        e = tf.stack([tf.reduce_sum(tf.gather(v, r) * xs[..., None], 1) for r, xs in fields], 1)
+        sq = tf.stack(
+            [tf.reduce_sum(tf.square(tf.gather(v, r) * xs[..., None]), 1) for r, xs in fields], 1
+        )
+        lin = sum(tf.reduce_sum(tf.gather(w, r) * xs, 1, keepdims=True) for r, xs in fields)
+        want = tape.gradient(
+            objective({"embeddings": e, "squared_embeddings": sq, "linear": lin}), dense
+        )
+    np.testing.assert_allclose(
+        tf.convert_to_tensor(got).numpy(), want.numpy(), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_numeric_only_fields_and_zero_x_out_of_the_penalty():
+    fields = [NumericField("x"), NumericField("y")]
+    layer = make_layer(fields, embeddings_l2=0.1, linear_l2=0.01)
+    table, w = layer.get_factors(), layer.get_linear_weights()
+    inputs = {"x": np.array([2.0, 0.0], "float32"), "y": np.array([1.0, -3.0], "float32")}
+    out = run(layer, inputs)
+    np.testing.assert_allclose(out["embeddings"][:, 0], [2.0 * table[0], 0.0 * table[0]])
+    np.testing.assert_allclose(out["embeddings"][:, 1], [table[1], -3.0 * table[1]], rtol=1e-6)
+    np.testing.assert_allclose(out["squared_embeddings"], out["embeddings"] ** 2, rtol=1e-6)
+    np.testing.assert_allclose(out["linear"][:, 0], [2 * w[0] + w[1], -3 * w[1]], rtol=1e-6)
+    # Example 2 has x = 0: its row of x is not "used" and is not penalized.
+    want_v = 0.1 * np.mean([(table[0] ** 2).sum() + (table[1] ** 2).sum(), (table[1] ** 2).sum()])
+    want_w = 0.01 * np.mean([w[0] ** 2 + w[1] ** 2, w[1] ** 2])
+    got = sorted(float(keras.ops.convert_to_numpy(x)) for x in layer.losses)
+    np.testing.assert_allclose(got, sorted([want_v, want_w]), rtol=1e-5)

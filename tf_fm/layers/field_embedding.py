@@ -53,6 +53,17 @@ def normalize_field(field):
     return out
 
 
+def _concat(parts):
+    return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=1)
+
+
+def _sum(parts):
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 def weights_input_name(field_name):
     """Name of the input that carries a weighted multi-valued field's values."""
     return f"{field_name}_weights"
@@ -187,21 +198,29 @@ class FieldEmbedding(keras.layers.Layer):
         self.padding_row = rows if any(f["kind"] == "multivalued" for f in fields) else None
         self.total_rows = rows + (1 if self.padding_row is not None else 0)
 
-        # Inside `call` the fields are handled grouped by kind (categorical,
-        # numeric, multi-valued: a few batched ops instead of a few per field),
-        # and the outputs are put back in declared order with `_order`.
+        # Inside `call` the fields are handled grouped by kind (a few batched
+        # ops instead of a few per field): the fields that look rows up by id
+        # (categorical, multi-valued) with one gather of `(batch, slots)` rows,
+        # the numeric fields (one fixed row each) with one gather of those
+        # rows, broadcast over the batch: they add no per-example rows to the
+        # gather, its gradient or the optimizer's deduplication. The outputs
+        # are put back in declared order with `_order`.
         offset_of = dict(zip(self.field_names, self.offsets, strict=True))
-        self._grouped = [f for kind in FIELD_KINDS for f in fields if f["kind"] == kind]
+        group_order = ("categorical", "multivalued", "numeric")
+        self._grouped = [f for kind in group_order for f in fields if f["kind"] == kind]
         order = [self._grouped.index(f) for f in fields]
         self._order = None if order == list(range(len(fields))) else order
-        # Per slot (one per categorical/numeric field, max_length per
-        # multi-valued field), in grouped order: what the range check and the
-        # row offsets need.
+        self._numeric_rows = [offset_of[f["name"]] for f in self._grouped if f["kind"] == "numeric"]
+        # Per id slot (one per categorical field, max_length per multi-valued
+        # field), in grouped order: what the range check and the row offsets
+        # need.
         self._slots = {"offset": [], "size": [], "low": [], "multivalued": [], "field": []}
         for f in self._grouped:
+            if f["kind"] == "numeric":
+                continue
             n = f["max_length"] if f["kind"] == "multivalued" else 1
             self._slots["offset"] += [offset_of[f["name"]]] * n
-            self._slots["size"] += [f.get("vocabulary_size", 1)] * n
+            self._slots["size"] += [f["vocabulary_size"]] * n
             self._slots["low"] += [PADDING_ID if f["kind"] == "multivalued" else 0] * n
             self._slots["multivalued"] += [f["kind"] == "multivalued"] * n
             self._slots["field"] += [f["name"]] * n
@@ -286,34 +305,34 @@ class FieldEmbedding(keras.layers.Layer):
             denom = ops.sqrt(ops.sum(ops.square(weights), axis=1, keepdims=True))
         return ids, weights / ops.where(ops.equal(denom, 0.0), 1.0, denom)
 
-    def call(self, inputs):
-        dtype = self.variable_dtype
+    def _id_rows(self, inputs):
+        """Table rows `(batch, slots)` and x values (None: all 1) of the id slots."""
         ids, values = [], []  # per group: (batch, slots of the group)
         categorical = [f["name"] for f in self._grouped if f["kind"] == "categorical"]
         if categorical:
-            cat = ops.stack([self._input(inputs, n, "int64", ()) for n in categorical], axis=1)
-            ids.append(cat)
-            values.append(ops.ones_like(cat, dtype=dtype))
-        numeric = [f["name"] for f in self._grouped if f["kind"] == "numeric"]
-        if numeric:
-            x = ops.stack([self._input(inputs, n, dtype, ()) for n in numeric], axis=1)
-            ids.append(ops.zeros_like(x, dtype="int64"))
-            values.append(x)
+            ids.append(
+                ops.stack([self._input(inputs, n, "int64", ()) for n in categorical], axis=1)
+            )
         for field in self._grouped:
             if field["kind"] == "multivalued":
                 i, v = self._multivalued_ids_and_values(field, inputs)
                 ids.append(i)
                 values.append(v)
-        ids = ops.concatenate(ids, axis=1) if len(ids) > 1 else ids[0]  # (batch, slots)
-        values = ops.concatenate(values, axis=1) if len(values) > 1 else values[0]
+        # Categorical slots have x = 1: values are only needed (and built)
+        # when a multi-valued field brings other x values.
+        if values and categorical:
+            values.insert(0, ops.ones_like(ids[0], dtype=self.variable_dtype))
+        values = _concat(values) if values else None
+        ids = _concat(ids)  # (batch, slots)
 
         slots = self._slots
         size = np.asarray(slots["size"], dtype="int64")
         offset = np.asarray(slots["offset"], dtype="int64")
         padding = None
         if self.padding_row is not None:
-            multivalued = np.asarray(slots["multivalued"], dtype=bool)
-            padding = ops.logical_and(ops.equal(ids, PADDING_ID), multivalued)
+            padding = ops.logical_and(
+                ops.equal(ids, PADDING_ID), np.asarray(slots["multivalued"], dtype=bool)
+            )
         if self.out_of_range == "error":
             ids = _tf_ops.check_ids_in_range(ids, slots["low"], slots["size"], slots["field"])
         else:
@@ -324,38 +343,83 @@ class FieldEmbedding(keras.layers.Layer):
         rows = ids + offset  # (batch, slots)
         if padding is not None:
             rows = ops.where(padding, self.padding_row, rows)
-        lengths = [f["max_length"] if f["kind"] == "multivalued" else 1 for f in self._grouped]
+        return rows, values
 
-        gathered = _tf_ops.resource_gather(self.table, rows)  # (batch, slots, k + 1)
-        factors = gathered[..., : self.embedding_dim]  # v, (batch, slots, k)
-        weights = gathered[..., self.embedding_dim]  # w, (batch, slots)
-        terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
-        linear = ops.sum(weights * values, axis=1, keepdims=True)  # (batch, 1)
+    def call(self, inputs):
+        k = self.embedding_dim
+        embeddings, squared, linear = [], [], []  # per group of fields, grouped order
+        l2_factors, l2_linear = [], []  # per group: (batch,) penalty sums
 
-        if all(n == 1 for n in lengths):
-            embeddings = terms
-            squared = ops.square(terms)
+        if self._slots["field"]:  # categorical and multi-valued fields
+            rows, values = self._id_rows(inputs)
+            gathered = _tf_ops.resource_gather(self.table, rows)  # (batch, slots, k + 1)
+            factors = gathered[..., :k]  # v, (batch, slots, k)
+            weights = gathered[..., k]  # w, (batch, slots)
+            if values is None:  # categorical only: x = 1
+                terms = factors
+                linear.append(ops.sum(weights, axis=1, keepdims=True))
+                used = None
+            else:
+                terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
+                linear.append(ops.sum(weights * values, axis=1, keepdims=True))
+                used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)
+            lengths = [
+                f["max_length"] if f["kind"] == "multivalued" else 1
+                for f in self._grouped
+                if f["kind"] != "numeric"
+            ]
+            if all(n == 1 for n in lengths):
+                embeddings.append(terms)
+                squared.append(None)  # = embeddings**2, computed once below
+            else:
+                start = 0
+                for n in lengths:
+                    block = terms[:, start : start + n, :]
+                    embeddings.append(ops.sum(block, axis=1, keepdims=True))
+                    squared.append(ops.sum(ops.square(block), axis=1, keepdims=True))
+                    start += n
+            if self.embeddings_l2:
+                per_slot = ops.sum(ops.square(factors), axis=-1)  # (batch, slots)
+                l2_factors.append(ops.sum(per_slot if used is None else per_slot * used, axis=1))
+            if self.linear_l2:
+                per_slot = ops.square(weights)
+                l2_linear.append(ops.sum(per_slot if used is None else per_slot * used, axis=1))
+
+        if self._numeric_rows:  # one fixed row per field, scaled by x
+            numeric = [f["name"] for f in self._grouped if f["kind"] == "numeric"]
+            dtype = self.variable_dtype
+            x = ops.stack([self._input(inputs, n, dtype, ()) for n in numeric], axis=1)
+            row = _tf_ops.resource_gather(self.table, np.asarray(self._numeric_rows, "int64"))
+            v, w = row[:, :k], row[:, k:]  # (numeric, k), (numeric, 1)
+            terms = x[..., None] * v  # x_i v_i, (batch, numeric, k)
+            embeddings.append(terms)
+            squared.append(None)
+            linear.append(ops.matmul(x, w))  # (batch, 1)
+            used = ops.cast(ops.not_equal(x, 0.0), dtype)  # (batch, numeric)
+            if self.embeddings_l2:
+                l2_factors.append(ops.matmul(used, ops.sum(ops.square(v), axis=1)))
+            if self.linear_l2:
+                l2_linear.append(ops.matmul(used, ops.square(w[:, 0])))
+
+        # One-id fields (None above): sum_i x_i^2 v_i^2 = (x v)^2.
+        if all(sq is None for sq in squared):
+            squared = [ops.square(_concat(embeddings))]
         else:
-            embeddings, squared = [], []
-            start = 0
-            for n in lengths:
-                block = terms[:, start : start + n, :]
-                embeddings.append(ops.sum(block, axis=1, keepdims=True))
-                squared.append(ops.sum(ops.square(block), axis=1, keepdims=True))
-                start += n
-            embeddings = ops.concatenate(embeddings, axis=1)  # (batch, fields, k)
-            squared = ops.concatenate(squared, axis=1)  # (batch, fields, k)
+            squared = [
+                ops.square(e) if sq is None else sq
+                for e, sq in zip(embeddings, squared, strict=True)
+            ]
+        embeddings = _concat(embeddings)  # (batch, fields, k), grouped order
+        squared = _concat(squared)
+        linear = _sum(linear)  # (batch, 1)
         if self._order is not None:  # back to the declared field order
             embeddings = ops.take(embeddings, self._order, axis=1)
             squared = ops.take(squared, self._order, axis=1)
 
-        used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)  # (batch, slots)
         if self.embeddings_l2:
-            per_example = ops.sum(ops.sum(ops.square(factors), axis=-1) * used, axis=1)
-            self.add_loss(self.embeddings_l2 * ops.mean(per_example))
+            self.add_loss(self.embeddings_l2 * ops.mean(_sum(l2_factors)))
         if self.linear_l2:
-            per_example = ops.sum(ops.square(weights) * used, axis=1)
-            self.add_loss(self.linear_l2 * ops.mean(per_example))
+            self.add_loss(self.linear_l2 * ops.mean(_sum(l2_linear)))
 
         dtype = self.compute_dtype
         return {
