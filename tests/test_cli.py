@@ -44,34 +44,20 @@ def criteo_files(tmp_path_factory):
     return files
 
 
+def _train_args(files, out, *extra):
+    """`tf-fm train` on the Criteo-format train/valid files: FM, 3 epochs unless `extra` says."""
+    args = ["train", "--data", str(files["train"]), "--valid", str(files["valid"])]
+    args += ["--format", "criteo", "--model", "fm", "--epochs", "3", "--output", str(out)]
+    return args + list(extra)
+
+
 @pytest.fixture(scope="module")
 def trained_run(criteo_files, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "fm"
     plots = out.parent / "plots"
     code = cli.main(
-        [
-            "train",
-            "--data",
-            str(criteo_files["train"]),
-            "--valid",
-            str(criteo_files["valid"]),
-            "--format",
-            "criteo",
-            "--model",
-            "fm",
-            "--epochs",
-            "3",
-            "--batch-size",
-            "256",
-            "--learning-rate",
-            "0.01",
-            "--output",
-            str(out),
-            "--plots",
-            str(plots),
-            "--metrics-out",
-            str(out.parent / "metrics.json"),
-        ]
+        _train_args(criteo_files, out, "--batch-size", "256", "--learning-rate", "0.01")
+        + ["--plots", str(plots), "--metrics-out", str(out.parent / "metrics.json")]
     )
     assert code == 0
     return out
@@ -172,25 +158,7 @@ def test_export_verify_inspect(trained_run, tmp_path, capsys):
 
 def test_resume_after_interruption(criteo_files, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--data",
-        str(criteo_files["train"]),
-        "--valid",
-        str(criteo_files["valid"]),
-        "--format",
-        "criteo",
-        "--model",
-        "fm",
-        "--epochs",
-        "4",
-        "--patience",
-        "10",
-        "--batch-size",
-        "512",
-        "--output",
-        str(out),
-    ]
+    args = _train_args(criteo_files, out, "--epochs", "4", "--patience", "10")
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
