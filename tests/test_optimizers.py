@@ -1,3 +1,5 @@
+import contextlib
+
 import keras
 import numpy as np
 import pytest
@@ -274,3 +276,32 @@ def test_lazy_adam_reaches_dense_adam_auc():
         aucs[name] = test_set.evaluate(pred)["auc"]
     assert abs(aucs["dense"] - aucs["lazy"]) < 0.005, aucs
     assert test_set.bayes_metrics()["auc"] - aucs["lazy"] < 0.015, aucs
+
+
+def test_lazy_adam_fused_kernel_matches_the_op_path():
+    # The default path (ResourceApplyAdam on scratch rows) and the op-by-op
+    # path taken under a distribution strategy give the same rows.
+    rng = np.random.default_rng(0)
+    steps = [
+        tf.IndexedSlices(
+            tf.constant(rng.normal(size=(6, 3)), "float32"),
+            tf.constant(rng.integers(0, 5, size=6)),
+            tf.constant([5, 3]),
+        )
+        for _ in range(4)
+    ]
+    results = []
+    for strategy in (None, tf.distribute.OneDeviceStrategy("/cpu:0")):
+        scope = strategy.scope() if strategy else contextlib.nullcontext()
+        with scope:
+            var = keras.Variable(np.ones((5, 3), "float32"), name="table")
+            opt = LazyAdam(0.05)
+            opt.build([var])
+        assert (opt._row_scratch[0] is None) == (strategy is not None)
+        for grad in steps:
+            opt.apply_gradients([(grad, var)])
+        results.append((var.numpy(), [x.numpy() for x in opt.moments(var)]))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-7)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(results[0][0], 1.0)

@@ -77,6 +77,22 @@ def _subtract_rows(variable, ids, delta):
     variable.scatter_update(tf.IndexedSlices(rows - delta, ids))
 
 
+class _RowScratch:
+    """Three resizable `(None, columns)` tf.Variables holding one step's gathered rows.
+
+    A plain object, not a Trackable: these are working memory for the fused
+    kernel below, not optimizer state, and are neither saved nor restored.
+    """
+
+    def __init__(self, columns, dtype):
+        with tf.init_scope():
+            empty = tf.zeros([0, columns], dtype=dtype)
+            shape = tf.TensorShape([None, columns])
+            self.var, self.m, self.v = (
+                tf.Variable(empty, shape=shape, trainable=False) for _ in range(3)
+            )
+
+
 class _SparseMixin:
     """Routes IndexedSlices gradients to `_sparse_update`, the rest to Keras."""
 
@@ -134,7 +150,15 @@ class LazyAdam(_SparseMixin, keras.optimizers.Adam):
             self._var_key(v): (m, u) for v, m, u in zip(dense, momentums, velocities, strict=True)
         }
         self._momentums, self._velocities, self._table_moments = [], [], []
+        self._row_scratch = []
+        # The fused kernel needs scratch variables next to the table: single
+        # device (no distribution strategy) and float32 only.
+        fused_kernel = not tf.distribute.has_strategy()
         for variable in var_list:
+            if _is_table(variable) and fused_kernel and variable.dtype == "float32":
+                self._row_scratch.append(_RowScratch(variable.shape[1], variable.dtype))
+            else:
+                self._row_scratch.append(None)
             if _is_table(variable):
                 rows, columns = variable.shape
                 # Placed with the table, as Keras places its own slots.
@@ -186,27 +210,53 @@ class LazyAdam(_SparseMixin, keras.optimizers.Adam):
         step = tf.cast(self.iterations + 1, var.dtype)
         beta_1 = tf.cast(self.beta_1, var.dtype)
         beta_2 = tf.cast(self.beta_2, var.dtype)
-        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
-
         fused = self._table_moments[index]
-        if fused is not None:
+        scratch = self._row_scratch[index]
+
+        if fused is None:  # a non-table variable with a sparse gradient: Keras' slots
+            m = _tf_variable(self._momentums[index])
+            v = _tf_variable(self._velocities[index])
+            m_rows, v_rows = tf.gather(m, ids), tf.gather(v, ids)
+        else:
             fused = _tf_variable(fused)
             columns = grad.shape[-1]
             both = tf.gather(fused, ids)  # (n, 2 * columns): m | v
-            m_rows = both[:, :columns]
-            v_rows = both[:, columns:]
-        else:
-            m = _tf_variable(self._momentums[index])
-            v = _tf_variable(self._velocities[index])
-            m_rows = tf.gather(m, ids)
-            v_rows = tf.gather(v, ids)
+            m_rows, v_rows = both[:, :columns], both[:, columns:]
+
+        if scratch is not None:
+            # The touched rows of (param, m, v) go into scratch variables and
+            # TensorFlow's ResourceApplyAdam updates them in one fused pass
+            # (the formulas of keras.optimizers.Adam); the chain of separate
+            # element-wise ops below makes about a dozen passes over the rows.
+            # Then one row copy back into the slot and the table.
+            scratch.m.assign(m_rows)
+            scratch.v.assign(v_rows)
+            scratch.var.assign(tf.gather(var, ids))
+            tf.raw_ops.ResourceApplyAdam(
+                var=scratch.var.handle,
+                m=scratch.m.handle,
+                v=scratch.v.handle,
+                beta1_power=tf.pow(beta_1, step),
+                beta2_power=tf.pow(beta_2, step),
+                lr=lr,
+                beta1=beta_1,
+                beta2=beta_2,
+                epsilon=tf.cast(self.epsilon, var.dtype),
+                grad=grad,
+            )
+            moments = tf.concat([scratch.m.read_value(), scratch.v.read_value()], axis=1)
+            fused.scatter_update(tf.IndexedSlices(moments, ids))
+            var.scatter_update(tf.IndexedSlices(scratch.var.read_value(), ids))
+            return
+
+        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
         m_rows = m_rows + (grad - m_rows) * (1 - beta_1)
         v_rows = v_rows + (tf.square(grad) - v_rows) * (1 - beta_2)
-        if fused is not None:
-            fused.scatter_update(tf.IndexedSlices(tf.concat([m_rows, v_rows], axis=1), ids))
-        else:
+        if fused is None:
             m.scatter_update(tf.IndexedSlices(m_rows, ids))
             v.scatter_update(tf.IndexedSlices(v_rows, ids))
+        else:
+            fused.scatter_update(tf.IndexedSlices(tf.concat([m_rows, v_rows], axis=1), ids))
         _subtract_rows(var, ids, alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon))
 
 
