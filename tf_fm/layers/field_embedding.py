@@ -353,37 +353,45 @@ class FieldEmbedding(keras.layers.Layer):
         if self._slots["field"]:  # categorical and multi-valued fields
             rows, values = self._id_rows(inputs)
             gathered = _tf_ops.resource_gather(self.table, rows)  # (batch, slots, k + 1)
-            factors = gathered[..., :k]  # v, (batch, slots, k)
-            weights = gathered[..., k]  # w, (batch, slots)
-            if values is None:  # categorical only: x = 1
-                terms = factors
-                linear.append(ops.sum(weights, axis=1, keepdims=True))
-                used = None
-            else:
-                terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
-                linear.append(ops.sum(weights * values, axis=1, keepdims=True))
-                used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)
+            # v (batch, slots, k) and w (batch, slots, 1). A split, not two
+            # slices: its gradient is one concatenation, where two slices'
+            # gradients are two zero-filled full-size tensors and their sum.
+            factors, weights = ops.split(gathered, [k], axis=-1)
             lengths = [
                 f["max_length"] if f["kind"] == "multivalued" else 1
                 for f in self._grouped
                 if f["kind"] != "numeric"
             ]
-            if all(n == 1 for n in lengths):
-                embeddings.append(terms)
-                squared.append(None)  # = embeddings**2, computed once below
+            if values is None:  # categorical only: x = 1, one id per field
+                # v^2 is both the squared embedding and the penalty's summand.
+                squares = ops.square(factors)
+                embeddings.append(factors)
+                squared.append(squares)
+                linear.append(ops.sum(weights, axis=1))  # (batch, 1)
+                if self.embeddings_l2:
+                    l2_factors.append(ops.sum(squares, axis=(1, 2)))
+                if self.linear_l2:
+                    l2_linear.append(ops.sum(ops.square(weights), axis=(1, 2)))
             else:
+                weights = weights[..., 0]  # (batch, slots)
+                terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
+                linear.append(ops.sum(weights * values, axis=1, keepdims=True))
                 start = 0
                 for n in lengths:
                     block = terms[:, start : start + n, :]
-                    embeddings.append(ops.sum(block, axis=1, keepdims=True))
-                    squared.append(ops.sum(ops.square(block), axis=1, keepdims=True))
+                    if n == 1:
+                        embeddings.append(block)
+                        squared.append(ops.square(block))
+                    else:
+                        embeddings.append(ops.sum(block, axis=1, keepdims=True))
+                        squared.append(ops.sum(ops.square(block), axis=1, keepdims=True))
                     start += n
-            if self.embeddings_l2:
-                per_slot = ops.sum(ops.square(factors), axis=-1)  # (batch, slots)
-                l2_factors.append(ops.sum(per_slot if used is None else per_slot * used, axis=1))
-            if self.linear_l2:
-                per_slot = ops.square(weights)
-                l2_linear.append(ops.sum(per_slot if used is None else per_slot * used, axis=1))
+                used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)
+                if self.embeddings_l2:
+                    per_slot = ops.sum(ops.square(factors), axis=-1)  # (batch, slots)
+                    l2_factors.append(ops.sum(per_slot * used, axis=1))
+                if self.linear_l2:
+                    l2_linear.append(ops.sum(ops.square(weights) * used, axis=1))
 
         if self._numeric_rows:  # one fixed row per field, scaled by x
             numeric = [f["name"] for f in self._grouped if f["kind"] == "numeric"]
@@ -393,7 +401,7 @@ class FieldEmbedding(keras.layers.Layer):
             v, w = row[:, :k], row[:, k:]  # (numeric, k), (numeric, 1)
             terms = x[..., None] * v  # x_i v_i, (batch, numeric, k)
             embeddings.append(terms)
-            squared.append(None)
+            squared.append(ops.square(terms))  # one value per field: (x v)^2
             linear.append(ops.matmul(x, w))  # (batch, 1)
             used = ops.cast(ops.not_equal(x, 0.0), dtype)  # (batch, numeric)
             if self.embeddings_l2:
@@ -401,14 +409,6 @@ class FieldEmbedding(keras.layers.Layer):
             if self.linear_l2:
                 l2_linear.append(ops.matmul(used, ops.square(w[:, 0])))
 
-        # One-id fields (None above): sum_i x_i^2 v_i^2 = (x v)^2.
-        if all(sq is None for sq in squared):
-            squared = [ops.square(_concat(embeddings))]
-        else:
-            squared = [
-                ops.square(e) if sq is None else sq
-                for e, sq in zip(embeddings, squared, strict=True)
-            ]
         embeddings = _concat(embeddings)  # (batch, fields, k), grouped order
         squared = _concat(squared)
         linear = _sum(linear)  # (batch, 1)
