@@ -613,6 +613,7 @@ def cmd_train(args):
         train,
         validation_data=valid,
         epochs=args.epochs,
+        shuffle=False,  # the reader shuffles (files, then windows of rows)
         callbacks=callbacks,
         verbose=_verbosity(),
     )

@@ -61,6 +61,7 @@ def run(args):
             train.dataset(batch_size=BATCH_SIZE, seed=args.seed),
             validation_data=valid.dataset(batch_size=4096, shuffle=False),
             epochs=args.epochs,
+            shuffle=False,  # the dataset shuffles itself
             callbacks=cli.training_callbacks("binary", validation=True, patience=2),
             verbose=cli._verbosity(),
         )
