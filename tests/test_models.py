@@ -240,3 +240,43 @@ def test_compile_model_defaults(task, metric, tmp_path):
     np.testing.assert_array_equal(
         model.predict(inputs, verbose=0), restored.predict(inputs, verbose=0)
     )
+
+
+def test_default_callbacks_stop_early_and_decay_the_learning_rate(tmp_path):
+    """Validation labels unrelated to the features: val AUC stalls, LR drops, fit stops."""
+    rng = np.random.default_rng(0)
+    fields = [CategoricalField("a", 20), CategoricalField("b", 20)]
+    x = {k: rng.integers(0, 20, 2000) for k in ("a", "b")}
+    y = (x["a"] < 10).astype("float32")  # learnable on train
+    noise = rng.integers(0, 2, 2000).astype("float32")  # validation: coin flips
+    model = tf_fm.compile_model(tf_fm.FM(fields), learning_rate=0.05)
+    callbacks = tf_fm.default_callbacks(patience=2, backup_dir=tmp_path / "backup")
+    assert [type(c).__name__ for c in callbacks] == [
+        "ReduceLROnPlateau",
+        "EarlyStopping",
+        "BackupAndRestore",
+    ]
+    history = model.fit(
+        x, y, validation_data=(x, noise), epochs=30, batch_size=256, callbacks=callbacks, verbose=0
+    )
+    epochs = len(history.history["loss"])
+    assert epochs < 30  # stopped early
+    best = int(np.argmax(history.history["val_auc"]))
+    assert epochs == best + 1 + 2  # patience 2 after the best epoch
+    rates = history.history["learning_rate"]
+    assert rates[0] == pytest.approx(0.05)
+    assert all(later <= earlier for earlier, later in zip(rates, rates[1:], strict=False))
+    assert rates[-1] == pytest.approx(rates[best] * 0.1, rel=1e-5)  # x0.1 after epoch best + 1
+    # The best epoch's weights are restored: the model scores as it did then.
+    val = model.evaluate(x, noise, verbose=0, return_dict=True)
+    assert val["auc"] == pytest.approx(history.history["val_auc"][best], abs=1e-6)
+
+
+def test_default_callbacks_regression_and_arguments():
+    monitors = [c.monitor for c in tf_fm.default_callbacks("regression")]
+    assert monitors == ["val_rmse", "val_rmse"]
+    assert [c.monitor for c in tf_fm.default_callbacks()] == ["val_auc", "val_auc"]
+    with pytest.raises(ValueError, match="patience"):
+        tf_fm.default_callbacks(patience=0)
+    with pytest.raises(ValueError, match="task"):
+        tf_fm.default_callbacks("ranking")

@@ -11,7 +11,7 @@ from tf_fm import data, export, features, layers, optimizers, plots
 from tf_fm.export import export_saved_model, to_predict_request, to_rest_json
 from tf_fm.features import CategoricalField, MultiValuedField, NumericField
 from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
-from tf_fm.models import FM, DeepFM, compile_model
+from tf_fm.models import FM, DeepFM, compile_model, default_callbacks
 from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD
 from tf_fm.schema import (
     CategoricalFeature,
@@ -38,6 +38,7 @@ __all__ = [
     "FM",
     "DeepFM",
     "compile_model",
+    "default_callbacks",
     "LazyAdam",
     "SparseAdagrad",
     "SparseSGD",

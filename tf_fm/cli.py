@@ -394,31 +394,12 @@ def build_model(args, fields, task):
 
 
 def training_callbacks(task, validation, patience, backup_dir=None):
-    """Early stopping and LR decay on the validation metric, plus resumable checkpoints.
-
-    * `EarlyStopping` on `val_auc` (binary, max) or `val_rmse` (regression,
-      min) after `patience` epochs without improvement, restoring the best
-      weights (BARS / FuxiCTR: patience 2, monitor AUC);
-    * `ReduceLROnPlateau` on the same metric, factor 0.1, patience 1 (BARS);
-    * `BackupAndRestore(backup_dir)`: the model and optimizer state after each
-      epoch, so an interrupted `fit` restarts from there.
-
-    Without validation data only the backup is kept.
-    """
-    callbacks = []
+    """`tf_fm.default_callbacks` with validation data; only the backup without."""
     if validation:
-        monitor, mode = ("val_auc", "max") if _binary(task) else ("val_rmse", "min")
-        callbacks += [
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, mode=mode, patience=patience, restore_best_weights=True
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode=mode, factor=0.1, patience=1, min_lr=1e-6
-            ),
-        ]
-    if backup_dir is not None:
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
-    return callbacks
+        return tf_fm.default_callbacks(task, patience=patience, backup_dir=backup_dir)
+    if backup_dir is None:
+        return []
+    return [keras.callbacks.BackupAndRestore(str(backup_dir))]
 
 
 class EpochLog(keras.callbacks.Callback):

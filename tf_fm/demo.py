@@ -62,7 +62,7 @@ def run(args):
             validation_data=valid.dataset(batch_size=4096, shuffle=False),
             epochs=args.epochs,
             shuffle=False,  # the dataset shuffles itself
-            callbacks=cli.training_callbacks("binary", validation=True, patience=2),
+            callbacks=tf_fm.default_callbacks("binary", patience=2),
             verbose=cli._verbosity(),
         )
         seconds = time.monotonic() - began
