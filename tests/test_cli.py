@@ -318,3 +318,15 @@ def test_train_deepfm_on_the_criteo_sample_and_export(shared_data, tmp_path, cap
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["valid"]["rows"] == 409 and metrics["valid"]["auc"] > 0.6
     assert tf_fm.export.read_metadata(export_dir / "1")["verification"]["rows"] == 409
+
+
+@pytest.mark.slow
+def test_demo_small(tmp_path, monkeypatch, capsys):
+    """`tf-fm demo` end to end on a small draw (CI runs the full-size one)."""
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--rows", "5000", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Bayes-optimal (true probabilities)" in out and "\nDeepFM " in out
+    assert (tmp_path / "saved_models" / "deepfm_demo" / "1" / "saved_model.pb").is_file()
+    for name in ("fm_training_curves", "deepfm_training_curves", "roc", "calibration"):
+        assert (tmp_path / "plots" / "demo" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -78,8 +78,8 @@ def run(args):
 
     cli._say(f"\n{'model':<36} {'test AUC':>9} {'logloss':>9} {'AUC gap':>9} {'epochs':>7}")
     for name, auc, logloss, epochs, seconds in rows:
-        tail = f"{epochs:>7}  ({seconds:.0f} s)" if epochs else f"{'':>7}"
-        cli._say(f"{name:<36} {auc:9.4f} {logloss:9.4f} {bayes['auc'] - auc:9.4f} {tail}")
+        tail = f" {epochs:>7}  ({seconds:.0f} s)" if epochs else ""
+        cli._say(f"{name:<36} {auc:9.4f} {logloss:9.4f} {bayes['auc'] - auc:9.4f}{tail}")
 
     paths = [plots_dir / f"{n.lower()}_training_curves.png" for n in models]
     paths.append(plots_dir / "roc.png")
