@@ -259,12 +259,15 @@ def test_errors_are_one_line_with_exit_codes(criteo_files, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--data", str(missing), "--format", "parquet"])
     assert exit_info.value.code == 2
-    assert "invalid choice: 'parquet'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("tf-fm train: error: argument --format: invalid choice: 'parquet'")
+    assert err.count("\n") == 1  # one line, no usage block
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["train", "--data", "x", "--format", "criteo", "--no-such-flag"])
     assert exit_info.value.code == 2
-    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: unrecognized arguments: --no-such-flag" in err and err.count("\n") == 1
 
     bad = tmp_path / "bad.txt"
     lines = criteo_files["valid"].read_text().splitlines()

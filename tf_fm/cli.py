@@ -873,8 +873,15 @@ def _delimiter(text):
     return {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(text, text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (`tf-fm train: error: ...`), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tf-fm",
         description="Factorization Machines and DeepFM (Keras 3, TensorFlow): train, "
         "evaluate, export for TF Serving.",
