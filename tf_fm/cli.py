@@ -240,22 +240,6 @@ def read_raw(
     raise CommandError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
-def _take_rows(dataset, max_rows):
-    """The first `max_rows` rows of a batched dataset as numpy columns (and labels)."""
-    columns, labels, count = {}, [], 0
-    for element in dataset:
-        features, label = element if isinstance(element, tuple) else (element, None)
-        for name, value in features.items():
-            columns.setdefault(name, []).append(value.numpy())
-        if label is not None:
-            labels.append(label.numpy())
-        count += len(next(iter(features.values())))
-        if count >= max_rows:
-            break
-    columns = {k: np.concatenate(v)[:max_rows] for k, v in columns.items()}
-    return columns, (np.concatenate(labels)[:max_rows] if labels else None)
-
-
 # === Schema for a format ===
 
 
@@ -331,7 +315,7 @@ def infer_format_schema(
         return schema
     if spec.format == "tfrecord":
         raw = read_raw(spec, files, batch_size=1024)
-        columns, _ = _take_rows(raw, sample_rows)
+        columns = export_lib._raw_columns(raw, max_rows=sample_rows)
         frame = {}
         for name, values in columns.items():
             if values.ndim != 1:
@@ -488,7 +472,7 @@ class Run:
     def raw_model(self):
         """The model on raw features (the schema's preprocessing + the trained model)."""
         model, schema = self.model(), self.schema()
-        return (schema.serving_model(model) if schema is not None else model), model, schema
+        return schema.serving_model(model) if schema is not None else model
 
 
 # === Verbs ===
@@ -628,14 +612,13 @@ def cmd_train(args):
         )
         _say(f"Plots: {', '.join(str(p) for p in paths.values())}")
     if args.export:
-        raw = read_raw(spec, valid_files or files, batch_size=1000, on_error=args.on_error)
-        columns, _ = _take_rows(raw, 1000)
-        _export(model, schema, args.export, columns, result.get("valid"), spec.task)
+        sample = read_raw(spec, valid_files or files, batch_size=1000, on_error=args.on_error)
+        _export(model, schema, args.export, sample, result.get("valid"), spec.task)
     return 0
 
 
-def _export(model, schema, export_dir, columns, scores, task, overwrite=False, version=None):
-    """Exports and verifies; `columns` are raw sample rows (numpy columns)."""
+def _export(model, schema, export_dir, sample, scores, task, overwrite=False, version=None):
+    """Exports and verifies; `sample`: raw rows (a dataset or columns, first 1000 used)."""
     warmup = 10
     try:
         import tensorflow_serving.apis  # noqa: F401
@@ -651,7 +634,7 @@ def _export(model, schema, export_dir, columns, scores, task, overwrite=False, v
         model,
         export_dir,
         schema=schema,
-        sample=columns,
+        sample=sample,
         metrics=metrics or None,
         warmup_rows=warmup,
         task=task,
@@ -667,24 +650,14 @@ def _export(model, schema, export_dir, columns, scores, task, overwrite=False, v
 
 
 def _worst_diff(report):
-    """The largest difference anywhere in a verification report's `max_abs_diff`."""
-    values = []
-
-    def walk(value):
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, (int, float)):
-            values.append(float(value))
-
-    walk(report.get("max_abs_diff", {}))
-    return max(values, default=0.0)
+    """The largest difference of a verification report (check name -> max abs diff)."""
+    return max(report.get("max_abs_diff", {}).values(), default=0.0)
 
 
 def cmd_evaluate(args):
     run = Run(args.run)
     files = _resolve_files(args.data, "--data")
-    raw_model, _, _ = run.raw_model()
+    raw_model = run.raw_model()
     dataset = read_raw(run.spec, files, batch_size=args.batch_size)
     predictions, labels = _predict(raw_model, dataset)
     scores = _score(run.task, labels, predictions)
@@ -702,7 +675,7 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     run = Run(args.run)
     files = _resolve_files(args.data, "--data")
-    raw_model, _, _ = run.raw_model()
+    raw_model = run.raw_model()
     dataset = read_raw(run.spec, files, batch_size=args.batch_size, need_label=False)
     predictions, _ = _predict(raw_model, dataset, with_labels=False)
     column = "probability" if _binary(run.task) else "prediction"
@@ -717,7 +690,7 @@ def cmd_predict(args):
 
 def cmd_export(args):
     run = Run(args.run)
-    _, model, schema = run.raw_model()
+    model, schema = run.model(), run.schema()
     files = _resolve_files(args.sample, "--sample") if args.sample else None
     if files is None:
         config_args = run.config.get("args", {})
@@ -725,9 +698,9 @@ def cmd_export(args):
         files = [f for f in files or [] if os.path.isfile(f)]
         if not files:
             raise CommandError("the run's data files are gone; pass --sample FILES")
-    columns, _ = _take_rows(read_raw(run.spec, files, batch_size=1000), 1000)
+    sample = read_raw(run.spec, files, batch_size=1000)
     scores = _read_json(run.path / METRICS_FILE, "metrics file").get("valid")
-    _export(model, schema, args.export_dir, columns, scores, run.task, args.overwrite, args.version)
+    _export(model, schema, args.export_dir, sample, scores, run.task, args.overwrite, args.version)
     return 0
 
 
@@ -763,7 +736,7 @@ def cmd_verify(args):
             raise CommandError("--data needs --format")
         files = _resolve_files(args.data, "--data")
         spec = DataSpec(format=args.format, label=args.label, delimiter=args.delimiter)
-        sample, _ = _take_rows(read_raw(spec, files, batch_size=1000, need_label=False), 1000)
+        sample = read_raw(spec, files, batch_size=1000, need_label=False)
     else:
         sample = _warmup_rows(path)
         if sample is None:

@@ -10,7 +10,6 @@ as PNG files.
 
 import dataclasses
 import pathlib
-import sys
 import time
 
 import keras
@@ -111,5 +110,4 @@ def run(args):
         f"  {request}"
     )
     cli._say(f"\nDone in {time.monotonic() - start:.0f} s.")
-    sys.stdout.flush()
     return 0
