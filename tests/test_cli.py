@@ -333,3 +333,32 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "saved_models" / "deepfm_demo" / "1" / "saved_model.pb").is_file()
     for name in ("fm_training_curves", "deepfm_training_curves", "roc", "calibration"):
         assert (tmp_path / "plots" / "demo" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tfrecord_schema_inference(tmp_path):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    features = {
+        "user": rng.integers(0, 50, n).astype("int64"),
+        "city": rng.choice(["x", "y", "z"], n),
+        "price": rng.normal(10, 3, n).astype("float32"),
+    }
+    labels = (features["user"] < 20).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels)).batch(250)
+    tf_fm.data.write_tfrecords(dataset, str(tmp_path / "d"))
+    shards = str(tmp_path / "d-*.tfrecord")
+    out = tmp_path / "run"
+    args = ["train", "--data", shards, "--format", "tfrecord", "--model", "fm"]
+    assert cli.main([*args, "--epochs", "1", "--output", str(out)]) == 0
+    schema = tf_fm.FeatureSchema.load(out / "schema.json")
+    assert [(f.name, f.kind) for f in schema.features] == [
+        ("user", "categorical"),
+        ("city", "categorical"),
+        ("price", "numeric"),
+    ]
+    assert schema["user"].dtype == "int64"  # int64 columns: ids
+    target = tmp_path / "p.csv"
+    assert cli.main(["predict", str(out), "--data", shards, "--output", str(target)]) == 0
+    assert len(pd.read_csv(target)) == n

@@ -334,8 +334,12 @@ def infer_format_schema(
             for n in frame.columns
             if pd.api.types.is_integer_dtype(frame[n]) and n not in numeric
         }
-        schema = _frame_schema(
-            frame.drop(columns=list(overrides)), spec, min_count, categorical, numeric
+        schema = _frame_schema(  # the label is not among the features read back
+            frame.drop(columns=list(overrides)),
+            dataclasses.replace(spec, label=None),
+            min_count,
+            categorical,
+            numeric,
         )
         features = {f.name: f for f in [*schema.features, *overrides.values()]}
         return FeatureSchema([features[n] for n in frame.columns if n in features])
