@@ -1,11 +1,14 @@
 """Functional FM and DeepFM builders, in the style of `keras.applications`."""
 
+import dataclasses
+
 import keras
 
-from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
+from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias, PredictionHead
 from tf_fm.layers.field_embedding import normalize_field, weights_input_name
 from tf_fm.metrics import LogLoss
 from tf_fm.optimizers import LazyAdam
+from tf_fm.tables import is_embedding_table
 
 TASKS = ("binary", "regression")
 
@@ -39,10 +42,54 @@ def model_inputs(fields):
 
 
 def _output_layer(task):
-    # float32 output, whatever the dtype policy, so the loss is computed stably.
-    if task == "binary":
-        return keras.layers.Activation("sigmoid", dtype="float32", name="probability")
-    return keras.layers.Activation("linear", dtype="float32", name="prediction")
+    # The output's name is the serving signature's output name.
+    return PredictionHead(task, name="probability" if task == "binary" else "prediction")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What compilation, export and the optimizers need to know of a tf_fm model.
+
+    Attributes:
+        task: `"binary"` or `"regression"` (the `PredictionHead`'s config).
+        logit: `keras.KerasTensor`, the input of the `PredictionHead`:
+            `keras.Model(model.input, info.logit)` computes the logit.
+        output: `keras.KerasTensor`, the model's output.
+        tables: list of the embedding-table variables (`tf_fm.tables`).
+    """
+
+    task: str
+    logit: keras.KerasTensor
+    output: keras.KerasTensor
+    tables: list
+
+
+def describe_model(model: keras.Model) -> ModelInfo:
+    """The task, logit, output and tables of a model built by `FM` / `DeepFM`.
+
+    The model records them itself: its last layer is a `PredictionHead`
+    (whose config holds the task and whose input is the logit) and its
+    table variables carry the `tf_fm.tables` tag; both survive `.keras`
+    save/load.
+
+    Args:
+        model: a functional `keras.Model` ending in a `PredictionHead`.
+
+    Returns:
+        A `ModelInfo`.
+
+    Raises:
+        ValueError: the model's single output is not a `PredictionHead`'s.
+    """
+    head = model.layers[-1] if model.layers else None
+    if len(model.outputs) != 1 or not isinstance(head, PredictionHead):
+        raise ValueError(
+            f"Model '{model.name}' does not end in a tf_fm PredictionHead (its task and logit "
+            "are unknown); build it with tf_fm.FM / tf_fm.DeepFM, or end it with "
+            "tf_fm.layers.PredictionHead."
+        )
+    tables = [v for v in model.weights if is_embedding_table(v)]
+    return ModelInfo(task=head.task, logit=head.input, output=model.outputs[0], tables=tables)
 
 
 def FM(
@@ -234,7 +281,7 @@ def compile_model(model, learning_rate=1e-3, optimizer=None, metrics=True, **com
     Returns:
         The model, compiled.
     """
-    binary = model.layers[-1].name == "probability"
+    binary = describe_model(model).task == "binary"
     if metrics is True:
         if binary:
             metrics = [

@@ -977,6 +977,15 @@ class FeatureSchema:
 
         return dataset.map(apply, num_parallel_calls=num_parallel_calls)
 
+    def raw_input_specs(self):
+        """What a client sends per row: feature name -> (dtype name, shape after the batch axis).
+
+        Returns:
+            dict from raw input name to `(dtype, shape)`, dtype `"string"`,
+            `"int64"` or `"float32"`, in feature order.
+        """
+        return {f.name: (f.raw_dtype, ()) for f in self.features}
+
     def raw_inputs(self):
         """One `keras.Input` per raw feature, `(batch,)`, named after the feature.
 

@@ -3,5 +3,6 @@
 from tf_fm.layers.field_embedding import FieldEmbedding
 from tf_fm.layers.fm_interaction import FMInteraction
 from tf_fm.layers.global_bias import GlobalBias
+from tf_fm.layers.prediction_head import PredictionHead
 
-__all__ = ["FieldEmbedding", "FMInteraction", "GlobalBias"]
+__all__ = ["FieldEmbedding", "FMInteraction", "GlobalBias", "PredictionHead"]

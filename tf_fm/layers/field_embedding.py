@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tf_fm import tables
 from tf_fm.layers import _tf_ops
 
 FIELD_KINDS = ("categorical", "numeric", "multivalued")
@@ -259,11 +260,13 @@ class FieldEmbedding(keras.layers.Layer):
         # One row per feature: v (k columns) then w. The forward gather, its
         # gradient and the optimizer's row update touch each row once.
         # autocast=False: the lookup needs the tf.Variable itself, not a cast copy.
-        self.table = self.add_weight(
-            name="table",
-            shape=(self.total_rows, k + 1),
-            initializer=initializer,
-            autocast=False,
+        self.table = tables.mark_embedding_table(
+            self.add_weight(
+                name="table",
+                shape=(self.total_rows, k + 1),
+                initializer=initializer,
+                autocast=False,
+            )
         )
 
     def get_factors(self):
