@@ -6,14 +6,14 @@ import pytest
 import tensorflow as tf
 
 import tf_fm
-from tf_fm import CategoricalField, MultiValuedField, NumericField
+from tf_fm import CategoricalFeature, MultiValuedFeature, NumericFeature
 
 FIELDS = [
-    CategoricalField("a", 6),
-    NumericField("x"),
-    NumericField("y"),
-    MultiValuedField("g", 5, 3, weighted=True),
-    CategoricalField("b", 4),
+    CategoricalFeature("a", encoding="integer", num_ids=6),
+    NumericFeature("x"),
+    NumericFeature("y"),
+    MultiValuedFeature("g", encoding="integer", num_ids=5, max_length=3, weighted=True),
+    CategoricalFeature("b", encoding="integer", num_ids=4),
 ]
 
 
@@ -245,7 +245,10 @@ def test_compile_model_defaults(task, metric, tmp_path):
 def test_default_callbacks_stop_early_and_decay_the_learning_rate(tmp_path):
     """Validation labels unrelated to the features: val AUC stalls, LR drops, fit stops."""
     rng = np.random.default_rng(0)
-    fields = [CategoricalField("a", 20), CategoricalField("b", 20)]
+    fields = [
+        CategoricalFeature("a", encoding="integer", num_ids=20),
+        CategoricalFeature("b", encoding="integer", num_ids=20),
+    ]
     x = {k: rng.integers(0, 20, 2000) for k in ("a", "b")}
     y = (x["a"] < 10).astype("float32")  # learnable on train
     noise = rng.integers(0, 2, 2000).astype("float32")  # validation: coin flips

@@ -380,9 +380,11 @@ def test_libsvm_labels_ids_weights_and_padding(tmp_path):
     assert list(features) == ["x", "x_weights"] and features["x"].dtype == np.int64
     assert features["x"].tolist() == [[3, 5], [1, -1], [-1, -1], [2, 7]]
     np.testing.assert_allclose(features["x_weights"], [[1, 0.5], [2, 0], [0, 0], [1, -0.3]])
-    field = data.libsvm_field(path)
-    assert field == tf_fm.MultiValuedField("features", 8, 2, weighted=True)
-    assert data.libsvm_field(vocabulary_size=100, max_length=3).vocabulary_size == 100
+    field = data.libsvm_feature(path)
+    assert field == tf_fm.MultiValuedFeature(
+        "features", encoding="integer", num_ids=8, max_length=2, weighted=True
+    )
+    assert data.libsvm_feature(vocabulary_size=100, max_length=3).num_ids == 100
 
 
 def test_libsvm_regression_keeps_labels(tmp_path):
@@ -442,7 +444,7 @@ def test_libffm_bad_entry(tmp_path):
 
 def test_libffm_without_fields_feeds_an_fm_model(tmp_path):
     path = write(tmp_path / "a.ffm", "1 0:0:1 1:4:0.5\n0 0:2:1\n1 0:1:1 1:3:2 2:4:1\n")
-    field = data.libsvm_field(vocabulary_size=5, max_length=3)
+    field = data.libsvm_feature(vocabulary_size=5, max_length=3)
     model = tf_fm.FM([field], embedding_dim=4)
     dataset = data.read_libffm(path, max_length=field.max_length, with_fields=False)
     features, _ = next(iter(dataset))
@@ -473,7 +475,8 @@ def test_dataframe_types_missing_and_labels():
     assert features["price"].dtype == np.float32 and math.isnan(features["price"][1])
     assert strings(features["city"]) == ["paris", "", "rome"]
     assert strings(features["kind"]) == ["a", "b", ""]
-    assert features["flag"].tolist() == [1.0, 0.0, 1.0]
+    # Booleans are categorical (infer_schema's rule): strings, as a CSV has them.
+    assert strings(features["flag"]) == ["True", "False", "True"]
 
 
 def test_dataframe_bad_values_name_column_and_row():
@@ -603,8 +606,8 @@ def test_sample_avazu(shared_data):
 
 def test_sample_ipinyou_libfm(shared_data):
     path = shared_data / "ipinyou_deepctr_sample" / "train.fm.txt"
-    field = data.libsvm_field(path)
-    assert (field.vocabulary_size, field.max_length) == (133_465, 16)
+    field = data.libsvm_feature(path)
+    assert (field.num_ids, field.max_length) == (133_465, 16)
     features, label = collect(data.read_libsvm(path, max_length=16, batch_size=4096))
     assert len(label) == 26_773 and int(label.sum()) == 255
     first = raw_rows(path, 1, " ")[0]

@@ -12,13 +12,10 @@ import tensorflow as tf
 import tf_fm
 from tf_fm import (
     CategoricalFeature,
-    CategoricalField,
     FeaturePreprocessor,
     FeatureSchema,
     MultiValuedFeature,
-    MultiValuedField,
     NumericFeature,
-    NumericField,
     infer_schema,
 )
 
@@ -58,7 +55,9 @@ def test_vocabulary_min_count_frequency_order_and_oov():
     schema = FeatureSchema([CategoricalFeature("user", min_count=2)])
     schema.adapt(make_dataset({"user": users}, batch_size=3))
     assert schema.vocabulary("user") == ["b", "a"]  # most frequent first
-    assert schema.fields() == [CategoricalField("user", 3)]  # 1 OOV + 2 tokens
+    assert schema.fields() == [
+        {"name": "user", "kind": "categorical", "vocabulary_size": 3}
+    ]  # 1 OOV + 2 tokens
     ids = apply_one(schema, "user", ["a", "b", "c", "never seen", ""])
     np.testing.assert_array_equal(ids, [2, 1, 0, 0, 0])  # rare and unseen -> OOV id 0
     state = schema.state["user"]
@@ -71,7 +70,7 @@ def test_vocabulary_with_several_oov_buckets_and_missing_as_category():
     schema.adapt(make_dataset({"c": values}))
     # max_tokens keeps the 3 most frequent; ties in token order; "" is a category.
     assert schema.vocabulary("c") == ["x", "", "y"]
-    assert schema.field("c").vocabulary_size == 6
+    assert schema.field("c")["vocabulary_size"] == 6
     unseen = [f"u{i}" for i in range(40)]
     ids = apply_one(schema, "c", ["x", "", "y", "z", *unseen])
     np.testing.assert_array_equal(ids[:3], [3, 4, 5])
@@ -121,7 +120,7 @@ def test_hashing_is_stable_and_known():
     np.testing.assert_array_equal(out["site"].numpy(), [793, 440, 263])
     np.testing.assert_array_equal(out["code"].numpy(), [88, 88, 88])
     np.testing.assert_array_equal(out["tags"].numpy(), [[793, 440, -1], [-1] * 3, [440, -1, -1]])
-    assert schema.fields()[0] == CategoricalField("site", 1000)
+    assert schema.fields()[0] == {"name": "site", "kind": "categorical", "vocabulary_size": 1000}
 
 
 def test_integer_ids_error_and_oov():
@@ -131,7 +130,7 @@ def test_integer_ids_error_and_oov():
         [CategoricalFeature("hour", encoding="integer", dtype="int64", num_ids=24)]
     )
     np.testing.assert_array_equal(apply_one(strict, "hour", ok), ok)
-    assert strict.fields() == [CategoricalField("hour", 24)]
+    assert strict.fields() == [{"name": "hour", "kind": "categorical", "vocabulary_size": 24}]
     with pytest.raises(tf.errors.InvalidArgumentError, match="feature `hour`"):
         apply_one(strict, "hour", bad)
     with pytest.raises(tf.errors.InvalidArgumentError, match="feature `hour`"):
@@ -147,7 +146,7 @@ def test_integer_ids_error_and_oov():
         ]
     )
     np.testing.assert_array_equal(apply_one(lenient, "hour", bad), [0, 24, 24])
-    assert lenient.fields() == [CategoricalField("hour", 25)]
+    assert lenient.fields() == [{"name": "hour", "kind": "categorical", "vocabulary_size": 25}]
     lenient.adapt(make_dataset({"hour": bad}))
     assert lenient.state["hour"]["num_out_of_range"] == 2
 
@@ -165,7 +164,7 @@ def test_standardize_equals_numpy():
     got = preprocess_all(schema, make_dataset({"x": x}))["x"]
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, (x - x.mean()) / x.std(), rtol=1e-5, atol=1e-5)
-    assert schema.fields() == [NumericField("x")]
+    assert schema.fields() == [{"name": "x", "kind": "numeric"}]
 
 
 def test_none_and_log1p_transforms():
@@ -186,7 +185,7 @@ def test_discretize_fixed_boundaries():
     assert ids.dtype == np.int64
     np.testing.assert_array_equal(ids, np.digitize(x, bounds))
     np.testing.assert_array_equal(ids, [0, 1, 1, 2, 2, 3, 3])  # bucket i: b[i-1] <= x < b[i]
-    assert schema.fields() == [CategoricalField("d", 4)]
+    assert schema.fields() == [{"name": "d", "kind": "categorical", "vocabulary_size": 4}]
 
 
 def test_discretize_learns_quantile_boundaries():
@@ -199,7 +198,7 @@ def test_discretize_learns_quantile_boundaries():
     ids = preprocess_all(schema, make_dataset({"d": x}))["d"]
     assert np.bincount(ids).tolist() == np.bincount(np.digitize(x, bounds)).tolist()
     assert abs(np.bincount(ids) - 250).max() <= 20
-    assert schema.field("d") == CategoricalField("d", 4)
+    assert schema.field("d") == {"name": "d", "kind": "categorical", "vocabulary_size": 4}
 
 
 def test_default_replaces_nan_and_inf_before_the_transform():
@@ -247,7 +246,16 @@ def test_multivalued_split_pad_truncate():
     schema.adapt(make_dataset({"genres": genres}, batch_size=2))
     # Comedy:4 Action:2 Drama:2 Horror:1 -> ids 1..4 after the OOV id 0.
     assert schema.vocabulary("genres") == ["Comedy", "Action", "Drama", "Horror"]
-    assert schema.fields() == [MultiValuedField("genres", 5, 3, combiner="mean")]
+    assert schema.fields() == [
+        {
+            "name": "genres",
+            "kind": "multivalued",
+            "vocabulary_size": 5,
+            "max_length": 3,
+            "weighted": False,
+            "combiner": "mean",
+        }
+    ]
     ids = apply_one(schema, "genres", [*genres, "Western|Comedy", "||Drama|"])
     np.testing.assert_array_equal(
         ids,
@@ -525,7 +533,7 @@ def test_export_runs_in_a_tensorflow_only_process(tmp_path):
 
 def test_serving_model_rejects_a_model_reading_other_inputs():
     schema = full_schema()
-    model = tf_fm.FM([*schema.fields(), NumericField("age")])
+    model = tf_fm.FM([*schema.fields(), NumericFeature("age")])
     with pytest.raises(ValueError, match="age"):
         schema.serving_model(model)
 
@@ -574,7 +582,7 @@ def test_infer_schema_picks_kinds(tmp_path):
     assert schema["city"] == CategoricalFeature("city")
     assert schema["price"].transform == "standardize"
     assert schema["price"].default == pytest.approx(frame["price"].mean())
-    assert schema["weekday"] == CategoricalFeature("weekday", dtype="int64")
+    assert schema["weekday"] == CategoricalFeature("weekday")
     assert schema["views"] == NumericFeature("views", transform="standardize")
     assert schema["tags"] == MultiValuedFeature("tags", separator="|")
     # Without a separator, a delimited column stays categorical; overrides win.
@@ -627,21 +635,15 @@ def movielens(shared_data):
     return frame
 
 
-def to_dataset(frame, batch_size):
-    features = {
-        "userId": frame["userId"].to_numpy("int64"),
-        "movieId": frame["movieId"].to_numpy("int64"),
-        "genres": frame["genres"].to_numpy(object),
-    }
-    label = (frame["rating"].to_numpy() >= 4).astype("float32")
-    return tf.data.Dataset.from_tensor_slices((features, label)).batch(batch_size), label
+def to_dataset(frame, batch_size, schema):
+    frame = frame.assign(click=(frame["rating"] >= 4).astype("float32"))
+    dataset = tf_fm.data.read_dataframe(frame, label="click", schema=schema, batch_size=batch_size)
+    return dataset, frame["click"].to_numpy()
 
 
 def test_movielens_fm_beats_chance(shared_data):
     frame = movielens(shared_data)
     test_mask = np.random.default_rng(0).random(len(frame)) < 0.2
-    train, train_label = to_dataset(frame[~test_mask], 1024)
-    test, test_label = to_dataset(frame[test_mask], 4096)
     schema = infer_schema(
         frame,
         label="rating",
@@ -654,10 +656,12 @@ def test_movielens_fm_beats_chance(shared_data):
         "CategoricalFeature",
         "MultiValuedFeature",
     ]
+    train, _ = to_dataset(frame[~test_mask], 1024, schema)
+    test, test_label = to_dataset(frame[test_mask], 4096, schema)
     schema.adapt(train)
-    assert schema.field("userId").vocabulary_size == 1 + frame[~test_mask]["userId"].nunique()
+    assert schema.field("userId")["vocabulary_size"] == 1 + frame[~test_mask]["userId"].nunique()
     assert schema.max_length("genres") == 10
-    model = tf_fm.FM(schema.fields(), embedding_dim=8)
+    model = tf_fm.FM(schema, embedding_dim=8)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
     history = model.fit(schema.preprocess(train.shuffle(64, seed=0)), epochs=1, verbose=0)
     assert math.isfinite(history.history["loss"][-1])

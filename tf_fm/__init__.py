@@ -1,55 +1,81 @@
-"""tf_fm: Factorization Machines and DeepFM for Keras 3 on TensorFlow."""
+"""tf_fm: Factorization Machines and DeepFM for Keras 3 on TensorFlow.
+
+The public names below are imported on first use (PEP 562 module
+`__getattr__`), so `import tf_fm` and `tf-fm --help` do not load
+TensorFlow; `tf_fm.FM`, `tf_fm.train`, ... load what they need.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from tf_fm import _console
-
-if _console.is_console_script():  # the `tf-fm` command: quiet TensorFlow start-up
-    _console.quiet_tensorflow_import()
-
-from tf_fm import data, export, features, layers, optimizers, plots
-from tf_fm.export import export_saved_model, to_predict_request, to_rest_json
-from tf_fm.features import CategoricalField, MultiValuedField, NumericField
-from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias
-from tf_fm.models import FM, DeepFM, compile_model, default_callbacks
-from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD
-from tf_fm.schema import (
-    CategoricalFeature,
-    FeaturePreprocessor,
-    FeatureSchema,
-    MultiValuedFeature,
-    NumericFeature,
-    infer_schema,
-)
-
-__all__ = [
-    "__version__",
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "CategoricalFeature": "tf_fm.features",
+    "NumericFeature": "tf_fm.features",
+    "MultiValuedFeature": "tf_fm.features",
+    "CategoricalField": "tf_fm.features",
+    "NumericField": "tf_fm.features",
+    "MultiValuedField": "tf_fm.features",
+    "FeaturePreprocessor": "tf_fm.schema",
+    "FeatureSchema": "tf_fm.schema",
+    "infer_schema": "tf_fm.schema",
+    "FieldEmbedding": "tf_fm.layers",
+    "FMInteraction": "tf_fm.layers",
+    "GlobalBias": "tf_fm.layers",
+    "PredictionHead": "tf_fm.layers",
+    "FM": "tf_fm.models",
+    "DeepFM": "tf_fm.models",
+    "compile_model": "tf_fm.models",
+    "default_callbacks": "tf_fm.models",
+    "describe_model": "tf_fm.models",
+    "LazyAdam": "tf_fm.optimizers",
+    "SparseAdagrad": "tf_fm.optimizers",
+    "SparseSGD": "tf_fm.optimizers",
+    "Run": "tf_fm.training",
+    "train": "tf_fm.training",
+    "export_saved_model": "tf_fm.export",
+    "to_predict_request": "tf_fm.export",
+    "to_rest_json": "tf_fm.export",
+}
+_SUBMODULES = (
     "data",
+    "export",
     "features",
     "layers",
+    "metrics",
+    "models",
     "optimizers",
     "plots",
-    "CategoricalField",
-    "MultiValuedField",
-    "NumericField",
-    "FieldEmbedding",
-    "FMInteraction",
-    "GlobalBias",
-    "FM",
-    "DeepFM",
-    "compile_model",
-    "default_callbacks",
-    "LazyAdam",
-    "SparseAdagrad",
-    "SparseSGD",
-    "CategoricalFeature",
-    "FeaturePreprocessor",
-    "FeatureSchema",
-    "MultiValuedFeature",
-    "NumericFeature",
-    "infer_schema",
-    "export",
-    "export_saved_model",
-    "to_predict_request",
-    "to_rest_json",
-]
+    "schema",
+    "tables",
+    "training",
+)
+
+__all__ = ["__version__", *_SUBMODULES, *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tf_fm.{name}")
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tf_fm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
+    from tf_fm import data, export, features, layers, optimizers, plots  # noqa: F401
+    from tf_fm.export import export_saved_model, to_predict_request, to_rest_json  # noqa: F401
+    from tf_fm.features import CategoricalFeature, MultiValuedFeature, NumericFeature  # noqa: F401
+    from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias, PredictionHead  # noqa: F401
+    from tf_fm.models import FM, DeepFM, compile_model, default_callbacks  # noqa: F401
+    from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD  # noqa: F401
+    from tf_fm.schema import FeaturePreprocessor, FeatureSchema, infer_schema  # noqa: F401
+    from tf_fm.training import Run, train  # noqa: F401

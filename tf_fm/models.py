@@ -1,13 +1,15 @@
 """Functional FM and DeepFM builders, in the style of `keras.applications`."""
 
 import dataclasses
+from collections.abc import Sequence
 
 import keras
 
+from tf_fm.features import Feature, field_config, weights_input_name
 from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias, PredictionHead
-from tf_fm.layers.field_embedding import normalize_field, weights_input_name
 from tf_fm.metrics import LogLoss
 from tf_fm.optimizers import LazyAdam
+from tf_fm.schema import FeatureSchema
 from tf_fm.tables import is_embedding_table
 
 TASKS = ("binary", "regression")
@@ -18,15 +20,30 @@ def _check_task(task):
         raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
 
 
-def model_inputs(fields):
-    """One named `keras.Input` per raw input of `fields`, keyed by name.
+Fields = FeatureSchema | Sequence[Feature | dict]
+
+
+def _fields_of(fields):
+    """The field dicts of a schema (adapted) or of a list of features / field dicts."""
+    if isinstance(fields, FeatureSchema):
+        return fields.fields()
+    if isinstance(fields, (str, bytes)) or not isinstance(fields, Sequence):
+        raise TypeError(
+            "`fields` must be a FeatureSchema or a list of features / field dicts. "
+            f"Received: {type(fields).__name__}"
+        )
+    return [field_config(f) for f in fields]
+
+
+def model_inputs(fields: Fields) -> dict:
+    """One named `keras.Input` per model input of `fields`, keyed by name.
 
     Categorical fields: `(batch,)` int64; numeric: `(batch,)` float32;
     multi-valued: `(batch, max_length)` int64 ids, and `(batch, max_length)`
     float32 `"<name>_weights"` when weighted.
     """
     inputs = {}
-    for field in (normalize_field(f) for f in fields):
+    for field in _fields_of(fields):
         name = field["name"]
         if field["kind"] == "categorical":
             inputs[name] = keras.Input(shape=(), dtype="int64", name=name)
@@ -93,22 +110,25 @@ def describe_model(model: keras.Model) -> ModelInfo:
 
 
 def FM(
-    fields,
-    embedding_dim=10,
-    task="binary",
-    out_of_range="error",
-    embeddings_l2=1e-5,
-    linear_l2=1e-5,
-    name="fm",
-):
+    fields: Fields,
+    embedding_dim: int = 10,
+    task: str = "binary",
+    out_of_range: str = "error",
+    embeddings_l2: float = 1e-5,
+    linear_l2: float = 1e-5,
+    name: str = "fm",
+) -> keras.Model:
     """Factorization Machine: y = w0 + sum_i w_i x_i + sum_{i<j} <v_i, v_j> x_i x_j.
 
     The pairwise term is exact over all non-zero x_i of a row (libFM), also
     inside multi-valued fields.
 
     Args:
-        fields: list of field declarations (`tf_fm.features` fields or dicts,
-            see `FieldEmbedding`). Each becomes a named model input.
+        fields: an adapted `FeatureSchema` (its `fields()`), or a list of
+            feature declarations that need no learned state
+            (`CategoricalFeature(..., encoding="integer", num_ids=n)`,
+            `NumericFeature`, ...) or field dicts (see `FieldEmbedding`).
+            Each becomes a named model input.
         embedding_dim: int. Factor size k. Defaults to 10 (the DeepFM paper's
             embedding size).
         task: str. `"binary"` (output `probability` = sigmoid(y)) or
@@ -126,8 +146,9 @@ def FM(
 
     Example:
 
-    >>> from tf_fm.features import CategoricalField, NumericField
-    >>> model = FM([CategoricalField("user", 100), NumericField("age")])
+    >>> from tf_fm import CategoricalFeature, NumericFeature
+    >>> model = FM([CategoricalFeature("user", encoding="integer", num_ids=100),
+    ...             NumericFeature("age")])
     >>> model.compile(optimizer="adam", loss="binary_crossentropy")
 
     References:
@@ -136,7 +157,7 @@ def FM(
     _check_task(task)
     # === Layers ===
     embedding = FieldEmbedding(
-        fields,
+        _fields_of(fields),
         embedding_dim=embedding_dim,
         out_of_range=out_of_range,
         embeddings_l2=embeddings_l2,
@@ -159,19 +180,19 @@ def FM(
 
 
 def DeepFM(
-    fields,
-    embedding_dim=10,
-    dnn_units=(400, 400, 400),
-    dnn_activation="relu",
-    dnn_dropout=0.5,
-    dnn_batch_norm=False,
-    dnn_l2=0.0,
-    task="binary",
-    out_of_range="error",
-    embeddings_l2=1e-5,
-    linear_l2=1e-5,
-    name="deepfm",
-):
+    fields: Fields,
+    embedding_dim: int = 10,
+    dnn_units: Sequence[int] = (400, 400, 400),
+    dnn_activation: str = "relu",
+    dnn_dropout: float = 0.5,
+    dnn_batch_norm: bool = False,
+    dnn_l2: float = 0.0,
+    task: str = "binary",
+    out_of_range: str = "error",
+    embeddings_l2: float = 1e-5,
+    linear_l2: float = 1e-5,
+    name: str = "deepfm",
+) -> keras.Model:
     """DeepFM: output(y_FM + y_DNN), the DNN reading the FM's own embeddings.
 
     The FM part is `FM`'s logit (w0 + first order + exact pairwise term). The
@@ -179,7 +200,8 @@ def DeepFM(
     one table is trained by both parts.
 
     Args:
-        fields: list of field declarations, as in `FM`.
+        fields: an adapted `FeatureSchema` or a list of features / field
+            dicts, as in `FM`.
         embedding_dim: int. Factor size k. Defaults to 10 (DeepFM paper).
         dnn_units: sequence of int. Hidden layer sizes. Defaults to
             `(400, 400, 400)` (DeepFM paper, section 3.3).
@@ -200,8 +222,7 @@ def DeepFM(
 
     Example:
 
-    >>> from tf_fm.features import CategoricalField, NumericField
-    >>> model = DeepFM([CategoricalField("user", 100), NumericField("age")])
+    >>> model = DeepFM(schema)  # an adapted tf_fm.FeatureSchema
 
     References:
         Guo et al., "DeepFM: A Factorization-Machine based Neural Network for
@@ -215,7 +236,7 @@ def DeepFM(
         raise ValueError(f"`dnn_dropout` must be in [0, 1). Received: dnn_dropout={dnn_dropout}")
     # === Layers ===
     embedding = FieldEmbedding(
-        fields,
+        _fields_of(fields),
         embedding_dim=embedding_dim,
         out_of_range=out_of_range,
         embeddings_l2=embeddings_l2,
@@ -257,7 +278,13 @@ def DeepFM(
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
 
 
-def compile_model(model, learning_rate=1e-3, optimizer=None, metrics=True, **compile_kwargs):
+def compile_model(
+    model: keras.Model,
+    learning_rate: float = 1e-3,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    metrics: bool | list = True,
+    **compile_kwargs,
+) -> keras.Model:
     """Compile an `FM` / `DeepFM` model with the package's defaults.
 
     * optimizer: `tf_fm.optimizers.LazyAdam(learning_rate)`: Adam on the DNN
@@ -300,7 +327,9 @@ def compile_model(model, learning_rate=1e-3, optimizer=None, metrics=True, **com
     return model
 
 
-def default_callbacks(task="binary", patience=2, backup_dir=None):
+def default_callbacks(
+    task: str = "binary", patience: int = 2, backup_dir: str | None = None
+) -> list[keras.callbacks.Callback]:
     """The training loop of the BARS benchmark as Keras callbacks, for `model.fit`.
 
     Pass them with `validation_data`:

@@ -1,7 +1,8 @@
 """FeatureSchema: one declaration per raw feature, learned once, applied twice.
 
-A `FeatureSchema` lists how each raw column (what the readers of `tf_fm.data`
-yield) becomes a model input of `tf_fm.FM` / `tf_fm.DeepFM`:
+A `FeatureSchema` lists the feature declarations of `tf_fm.features`, one per
+raw column (what the readers of `tf_fm.data` yield), and holds what they
+learn from data:
 
 * `CategoricalFeature`: a vocabulary learned from data (`StringLookup` /
   `IntegerLookup`, with a minimum count and OOV buckets), a fixed number of
@@ -9,7 +10,8 @@ yield) becomes a model input of `tf_fm.FM` / `tf_fm.DeepFM`:
 * `NumericFeature`: a real value, unchanged, standardized (`Normalization`),
   `log1p`-transformed, or bucketized (`Discretization`, then categorical).
 * `MultiValuedFeature`: one delimited string per row (`"Action|Comedy"`),
-  split, looked up and padded with -1 to `max_length` ids.
+  split, looked up and padded with -1 to `max_length` ids; or ids that
+  already are padded rows (libSVM / libFM, optionally weighted).
 
 `FeatureSchema.adapt(dataset)` learns every vocabulary and statistic in one
 streaming pass. `FeatureSchema.preprocessor()` is the Keras layer that maps the
@@ -27,7 +29,7 @@ Example:
 ...     ]
 ... )
 >>> schema.adapt(raw_dataset)  # ({"user": ..., "price": ..., "genres": ...}, label)
->>> model = tf_fm.FM(schema.fields())
+>>> model = tf_fm.FM(schema)
 >>> model.fit(schema.preprocess(raw_dataset), epochs=1)
 >>> serving = schema.serving_model(model)  # raw named features in, probability out
 >>> serving.export("saved_models/fm/1")
@@ -35,353 +37,35 @@ Example:
 
 import collections
 import copy
-import dataclasses
 import json
 import math
 import pathlib
+from collections.abc import Sequence
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tf_fm.features import CategoricalField, MultiValuedField, NumericField
+from tf_fm import features as features_lib
+from tf_fm.features import (
+    PADDING_ID,
+    CategoricalFeature,
+    Feature,
+    MultiValuedFeature,
+    NumericFeature,
+    feature_from_config,
+    needs_adapt,
+    needs_vocabulary,
+)
 
 SCHEMA_FORMAT = "tf_fm.FeatureSchema"
 SCHEMA_VERSION = 1
-ENCODINGS = ("vocabulary", "hash", "integer")
-MULTI_VALUED_ENCODINGS = ("vocabulary", "hash")
-TRANSFORMS = ("none", "standardize", "log1p", "discretize")
-CATEGORICAL_DTYPES = ("string", "int64")
-OUT_OF_RANGE_MODES = ("error", "oov")
-COMBINERS = ("sum", "mean", "sqrtn")
-PADDING_ID = -1
 # Tokens the lookup layers reserve for OOV: a literal occurrence in the data
 # is left out of the learned vocabulary, so it maps to an OOV id like any
 # unseen value.
 _STRING_OOV_TOKEN = "[UNK]"
 _INTEGER_OOV_TOKEN = -1
-
-
-def _check_positive_int(feature, arg, value, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(
-            f"Feature '{feature}': `{arg}` must be a positive integer. Received: {arg}={value!r}"
-        )
-
-
-def _check_choice(feature, arg, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"Feature '{feature}': `{arg}` must be one of {choices}. Received: {arg}={value!r}"
-        )
-
-
-def _check_name(name):
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"A feature needs a non-empty string `name`. Received: name={name!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class CategoricalFeature:
-    """A categorical column: one raw value per row -> one id in `[0, size)`.
-
-    Three encodings:
-
-    * `"vocabulary"` (default): the ids of the values seen at least
-      `min_count` times in `FeatureSchema.adapt` (a `keras.layers.StringLookup`
-      for `dtype="string"`, `keras.layers.IntegerLookup` for `"int64"`).
-      Ids `0 .. num_oov_buckets - 1` are the OOV buckets: a value not in the
-      vocabulary (unseen, or rarer than `min_count`) is hashed into one of them,
-      never dropped. Learned tokens follow, most frequent first (ties in
-      token order). The missing value `""` is an ordinary category.
-    * `"hash"`: `keras.layers.Hashing(num_bins)` (FarmHash64, the same bin in
-      every process and on every machine); nothing is learned. For unbounded
-      vocabularies.
-    * `"integer"`: the raw values already are ids in `[0, num_ids)`. With
-      `out_of_range="error"` another id fails the preprocessing (training
-      pipeline or served model) with a message naming the feature; with
-      `"oov"` such ids (negative included) map to the extra id `num_ids`, so
-      the field has `num_ids + 1` ids.
-
-    Args:
-        name: str. The raw column's name, also the model input's name.
-        encoding: str. `"vocabulary"`, `"hash"` or `"integer"`. Defaults to
-            `"vocabulary"`.
-        dtype: str. The raw column's type: `"string"` or `"int64"` (ints of
-            any width are cast). Defaults to `"string"`.
-        min_count: int. Vocabulary: fewest occurrences a value needs to get
-            its own id. Defaults to 1.
-        max_tokens: int or None. Vocabulary: keep at most this many of the
-            most frequent values (not counting OOV buckets). Defaults to None.
-        num_oov_buckets: int. Vocabulary: number of OOV ids, >= 1. Defaults
-            to 1.
-        vocabulary: sequence or None. Vocabulary: a fixed list of values used
-            instead of learning one. Defaults to None.
-        num_bins: int. Hash: number of bins. Required for `"hash"`.
-        num_ids: int. Integer: number of ids. Required for `"integer"`.
-        out_of_range: str. Integer: `"error"` or `"oov"`. Defaults to
-            `"error"`.
-    """
-
-    name: str
-    encoding: str = "vocabulary"
-    dtype: str = "string"
-    min_count: int = 1
-    max_tokens: int | None = None
-    num_oov_buckets: int = 1
-    vocabulary: tuple | None = None
-    num_bins: int | None = None
-    num_ids: int | None = None
-    out_of_range: str = "error"
-
-    kind = "categorical"
-
-    def __post_init__(self):
-        _check_name(self.name)
-        _check_choice(self.name, "encoding", self.encoding, ENCODINGS)
-        _check_choice(self.name, "dtype", self.dtype, CATEGORICAL_DTYPES)
-        _check_choice(self.name, "out_of_range", self.out_of_range, OUT_OF_RANGE_MODES)
-        _check_positive_int(self.name, "min_count", self.min_count)
-        _check_positive_int(self.name, "max_tokens", self.max_tokens, allow_none=True)
-        _check_positive_int(self.name, "num_oov_buckets", self.num_oov_buckets)
-        if self.vocabulary is not None:
-            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
-        if self.encoding == "hash":
-            _check_positive_int(self.name, "num_bins", self.num_bins)
-        if self.encoding == "integer":
-            _check_positive_int(self.name, "num_ids", self.num_ids)
-            if self.dtype != "int64":
-                raise ValueError(
-                    f"Feature '{self.name}': encoding='integer' needs dtype='int64'. "
-                    f"Received: dtype={self.dtype!r}"
-                )
-
-    @property
-    def raw_dtype(self):
-        return self.dtype
-
-    def get_config(self):
-        config = dataclasses.asdict(self)
-        config["kind"] = self.kind
-        if config["vocabulary"] is not None:
-            config["vocabulary"] = list(config["vocabulary"])
-        return config
-
-
-@dataclasses.dataclass(frozen=True)
-class NumericFeature:
-    """A numeric column: one float per row, NaN for missing.
-
-    A missing value (NaN, or +-inf) is replaced by `default`, in raw units,
-    before the transform. With `default=None` a non-finite value is an error
-    naming the feature (`InvalidArgumentError` from the preprocessing, and a
-    failure of `FeatureSchema.adapt`).
-
-    Transforms:
-
-    * `"none"`: x.
-    * `"standardize"`: `(x - mean) / std` (`keras.layers.Normalization`), with
-      the mean and population standard deviation of the filled values seen in
-      `adapt`. A constant column is only centered (std taken as 1).
-    * `"log1p"`: `log(1 + max(x, 0))`: negative values are clipped to 0, as
-      in the DLRM Criteo preprocessing, so no value gives NaN.
-    * `"discretize"`: the bucket index of x (`keras.layers.Discretization`):
-      bucket i holds `boundaries[i - 1] <= x < boundaries[i]`. Boundaries are
-      given (`bin_boundaries`) or learned as approximate quantiles of the
-      data (`num_bins`, the `Discretization` quantile sketch with
-      `epsilon`); duplicate learned boundaries (many equal values) are
-      merged. The model sees a categorical field with
-      `len(boundaries) + 1` ids.
-
-    Args:
-        name: str. The raw column's name, also the model input's name.
-        transform: str. `"none"`, `"standardize"`, `"log1p"` or
-            `"discretize"`. Defaults to `"none"`.
-        default: float or None. Raw value that replaces NaN / inf. Defaults
-            to None (missing values are an error).
-        num_bins: int or None. Discretize: number of quantile buckets to
-            learn.
-        bin_boundaries: sequence of float or None. Discretize: fixed sorted
-            boundaries.
-        epsilon: float. Discretize: error tolerance of the learned quantiles.
-            Defaults to 0.01.
-    """
-
-    name: str
-    transform: str = "none"
-    default: float | None = None
-    num_bins: int | None = None
-    bin_boundaries: tuple | None = None
-    epsilon: float = 0.01
-
-    kind = "numeric"
-
-    def __post_init__(self):
-        _check_name(self.name)
-        _check_choice(self.name, "transform", self.transform, TRANSFORMS)
-        if self.default is not None:
-            if not math.isfinite(float(self.default)):
-                raise ValueError(
-                    f"Feature '{self.name}': `default` must be finite. "
-                    f"Received: default={self.default!r}"
-                )
-            object.__setattr__(self, "default", float(self.default))
-        if self.transform == "discretize":
-            if (self.num_bins is None) == (self.bin_boundaries is None):
-                raise ValueError(
-                    f"Feature '{self.name}': transform='discretize' needs exactly one of "
-                    f"`num_bins` and `bin_boundaries`. Received: num_bins={self.num_bins!r}, "
-                    f"bin_boundaries={self.bin_boundaries!r}"
-                )
-            if self.num_bins is not None:
-                _check_positive_int(self.name, "num_bins", self.num_bins)
-                if self.num_bins < 2:
-                    raise ValueError(
-                        f"Feature '{self.name}': `num_bins` must be >= 2. "
-                        f"Received: num_bins={self.num_bins}"
-                    )
-            else:
-                bounds = tuple(float(b) for b in self.bin_boundaries)
-                if not bounds or any(b >= c for b, c in zip(bounds[:-1], bounds[1:], strict=True)):
-                    raise ValueError(
-                        f"Feature '{self.name}': `bin_boundaries` must be a non-empty, "
-                        f"strictly increasing sequence. Received: bin_boundaries={bounds!r}"
-                    )
-                object.__setattr__(self, "bin_boundaries", bounds)
-        elif self.num_bins is not None or self.bin_boundaries is not None:
-            raise ValueError(
-                f"Feature '{self.name}': `num_bins` / `bin_boundaries` need "
-                f"transform='discretize'. Received: transform={self.transform!r}"
-            )
-
-    @property
-    def raw_dtype(self):
-        return "float32"
-
-    def get_config(self):
-        config = dataclasses.asdict(self)
-        config["kind"] = self.kind
-        if config["bin_boundaries"] is not None:
-            config["bin_boundaries"] = list(config["bin_boundaries"])
-        return config
-
-
-@dataclasses.dataclass(frozen=True)
-class MultiValuedFeature:
-    """A multi-valued categorical column: one delimited string per row.
-
-    Each row is split on `separator` (`tf.strings.split`), empty tokens are
-    dropped (so `""` is a row with no values), each token becomes an id
-    (vocabulary with OOV buckets, or hash bins, as in `CategoricalFeature`),
-    and the ids are padded with -1 to `max_length` per row. A row with more
-    tokens keeps its first `max_length`; `adapt` counts such rows
-    (`FeatureSchema.state[name]["num_truncated_rows"]`). Tokens are not
-    de-duplicated: a repeated token (or two unseen tokens hashed to one OOV
-    bucket) gives a repeated id, which `FieldEmbedding` counts twice.
-
-    Args:
-        name: str. The raw column's name, also the model input's name.
-        separator: str. Token separator. Defaults to `"|"`.
-        max_length: int or None. Ids per row after padding / truncation.
-            None learns it as the longest row seen in `adapt`. Defaults to
-            None.
-        encoding: str. `"vocabulary"` or `"hash"`. Defaults to
-            `"vocabulary"`.
-        min_count: int. Vocabulary: fewest occurrences per token. Defaults
-            to 1.
-        max_tokens: int or None. Vocabulary: most frequent tokens kept (not
-            counting OOV buckets). Defaults to None.
-        num_oov_buckets: int. Vocabulary: number of OOV ids. Defaults to 1.
-        vocabulary: sequence of str or None. A fixed vocabulary. Defaults to
-            None.
-        num_bins: int. Hash: number of bins.
-        combiner: str. `"sum"`, `"mean"` or `"sqrtn"`, passed to the model's
-            `MultiValuedField`. Defaults to `"sum"`.
-    """
-
-    name: str
-    separator: str = "|"
-    max_length: int | None = None
-    encoding: str = "vocabulary"
-    min_count: int = 1
-    max_tokens: int | None = None
-    num_oov_buckets: int = 1
-    vocabulary: tuple | None = None
-    num_bins: int | None = None
-    combiner: str = "sum"
-
-    kind = "multivalued"
-
-    def __post_init__(self):
-        _check_name(self.name)
-        if not isinstance(self.separator, str) or not self.separator:
-            raise ValueError(
-                f"Feature '{self.name}': `separator` must be a non-empty string. "
-                f"Received: separator={self.separator!r}"
-            )
-        _check_positive_int(self.name, "max_length", self.max_length, allow_none=True)
-        _check_choice(self.name, "encoding", self.encoding, MULTI_VALUED_ENCODINGS)
-        _check_choice(self.name, "combiner", self.combiner, COMBINERS)
-        _check_positive_int(self.name, "min_count", self.min_count)
-        _check_positive_int(self.name, "max_tokens", self.max_tokens, allow_none=True)
-        _check_positive_int(self.name, "num_oov_buckets", self.num_oov_buckets)
-        if self.vocabulary is not None:
-            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
-        if self.encoding == "hash":
-            _check_positive_int(self.name, "num_bins", self.num_bins)
-
-    @property
-    def raw_dtype(self):
-        return "string"
-
-    @property
-    def dtype(self):
-        return "string"
-
-    def get_config(self):
-        config = dataclasses.asdict(self)
-        config["kind"] = self.kind
-        if config["vocabulary"] is not None:
-            config["vocabulary"] = list(config["vocabulary"])
-        return config
-
-
-FEATURE_CLASSES = {
-    "categorical": CategoricalFeature,
-    "numeric": NumericFeature,
-    "multivalued": MultiValuedFeature,
-}
-
-
-def feature_from_config(config):
-    """Rebuild a feature declaration from its `get_config()` dict."""
-    config = dict(config)
-    kind = config.pop("kind", None)
-    if kind not in FEATURE_CLASSES:
-        raise ValueError(f"`kind` must be one of {tuple(FEATURE_CLASSES)}. Received: kind={kind!r}")
-    return FEATURE_CLASSES[kind](**config)
-
-
-def _needs_vocabulary(feature):
-    return (
-        feature.kind in ("categorical", "multivalued")
-        and feature.encoding == "vocabulary"
-        and feature.vocabulary is None
-    )
-
-
-def _needs_adapt(feature):
-    """Whether the feature has something to learn before it can be applied."""
-    if _needs_vocabulary(feature):
-        return True
-    if feature.kind == "numeric":
-        return feature.transform == "standardize" or (
-            feature.transform == "discretize" and feature.bin_boundaries is None
-        )
-    return feature.kind == "multivalued" and feature.max_length is None
 
 
 # === TensorFlow ops shared by `adapt` and the preprocessing layer ===
@@ -440,6 +124,17 @@ def _prepare_multivalued(feature, x):
         )
     tokens = tf.strings.split(x, sep=feature.separator)
     return tf.ragged.boolean_mask(tokens, tf.not_equal(tokens, ""))
+
+
+def _prepare_id_rows(feature, x):
+    """Ready ids (batch, max_length) int64 of an integer multi-valued feature."""
+    x = tf.convert_to_tensor(x)
+    if not (x.dtype.is_integer or x.dtype.is_bool):
+        raise TypeError(
+            f"Feature '{feature.name}' holds ids (encoding='integer'): its input must be "
+            f"integer. Received dtype {x.dtype.name}."
+        )
+    return tf.reshape(tf.cast(x, tf.int64), [-1, feature.max_length])
 
 
 def _features_of(*element):
@@ -517,7 +212,7 @@ class _FeatureAccumulator:
         self.feature = feature
         self.num_rows = 0
         self.num_missing = 0
-        self.counter = _Counter() if _needs_vocabulary(feature) else None
+        self.counter = _Counter() if needs_vocabulary(feature) else None
         self.moments = _Moments() if feature.kind == "numeric" else None
         self.quantiles = None
         if feature.kind == "numeric" and feature.transform == "discretize":
@@ -537,6 +232,10 @@ class _FeatureAccumulator:
         if feature.kind == "numeric":
             values, num_missing = _prepare_numeric(feature, x)
             return {"values": values, "num_missing": num_missing}
+        if feature.encoding == "integer":
+            ids = _prepare_id_rows(feature, x)
+            lengths = tf.reduce_sum(tf.cast(tf.not_equal(ids, PADDING_ID), tf.int64), axis=1)
+            return {"tokens": tf.zeros([0], tf.int64), "lengths": lengths}
         tokens = _prepare_multivalued(feature, x)
         return {"tokens": tokens.flat_values, "lengths": tokens.row_lengths()}
 
@@ -636,9 +335,7 @@ class FeaturePreprocessor(keras.layers.Layer):
         if isinstance(schema, FeatureSchema):
             schema = schema.to_dict()
         schema = FeatureSchema.from_dict(schema)
-        missing = [
-            f.name for f in schema.features if _needs_adapt(f) and f.name not in schema.state
-        ]
+        missing = [f.name for f in schema.features if needs_adapt(f) and f.name not in schema.state]
         if missing:
             raise ValueError(
                 f"FeaturePreprocessor needs an adapted schema; call `schema.adapt(dataset)` "
@@ -729,6 +426,8 @@ class FeaturePreprocessor(keras.layers.Layer):
             if feature.transform == "standardize":
                 x = layer(x)
             return tf.cast(x, tf.float32)
+        if feature.encoding == "integer":  # ready ids: FieldEmbedding checks their range
+            return _prepare_id_rows(feature, x)
         tokens = _prepare_multivalued(feature, x)
         ids = tokens.with_flat_values(tf.cast(layer(tokens.flat_values), tf.int64))
         length = self.schema.max_length(feature.name)
@@ -744,6 +443,15 @@ class FeaturePreprocessor(keras.layers.Layer):
                     f"Received keys: {sorted(inputs)}"
                 )
             outputs[feature.name] = self._apply(feature, inputs[feature.name])
+            if getattr(feature, "weighted", False):
+                weights = features_lib.weights_input_name(feature.name)
+                if weights not in inputs:
+                    raise KeyError(
+                        f"FeaturePreprocessor: feature '{feature.name}' is weighted; its values "
+                        f"come in '{weights}', which is missing. Received keys: {sorted(inputs)}"
+                    )
+                shape = [-1, feature.max_length]
+                outputs[weights] = tf.reshape(tf.cast(inputs[weights], tf.float32), shape)
         return outputs
 
     def compute_output_spec(self, inputs):
@@ -756,12 +464,16 @@ class FeaturePreprocessor(keras.layers.Layer):
             if feature.name not in inputs:
                 raise KeyError(f"FeaturePreprocessor: missing input for feature '{feature.name}'.")
             field = self.schema.field(feature.name)
-            if isinstance(field, NumericField):
+            if field["kind"] == "numeric":
                 specs[feature.name] = keras.KerasTensor((batch,), dtype="float32")
-            elif isinstance(field, CategoricalField):
+            elif field["kind"] == "categorical":
                 specs[feature.name] = keras.KerasTensor((batch,), dtype="int64")
             else:
-                specs[feature.name] = keras.KerasTensor((batch, field.max_length), dtype="int64")
+                shape = (batch, field["max_length"])
+                specs[feature.name] = keras.KerasTensor(shape, dtype="int64")
+                if field["weighted"]:
+                    weights = features_lib.weights_input_name(feature.name)
+                    specs[weights] = keras.KerasTensor(shape, dtype="float32")
         return specs
 
     def get_config(self):
@@ -795,7 +507,9 @@ class FeatureSchema:
 
     def __init__(self, features, label=None, state=None):
         features = [
-            f if isinstance(f, tuple(FEATURE_CLASSES.values())) else feature_from_config(f)
+            f
+            if isinstance(f, tuple(features_lib.FEATURE_CLASSES.values()))
+            else feature_from_config(f)
             for f in features
         ]
         if not features:
@@ -829,66 +543,29 @@ class FeatureSchema:
     @property
     def adapted(self):
         """Whether every feature that learns something has its learned state."""
-        return all(f.name in self.state for f in self.features if _needs_adapt(f))
+        return all(f.name in self.state for f in self.features if needs_adapt(f))
 
-    def _learned(self, name, key):
-        state = self.state.get(name)
-        if state is None or key not in state:
-            raise ValueError(
-                f"Feature '{name}' is not adapted yet; call `schema.adapt(dataset)` first."
-            )
-        return state[key]
-
-    def vocabulary(self, name):
+    def vocabulary(self, name: str) -> list:
         """The vocabulary of a vocabulary-encoded feature (fixed or learned), without OOV."""
-        feature = self[name]
-        if getattr(feature, "encoding", None) != "vocabulary":
-            raise ValueError(f"Feature '{name}' has no vocabulary (encoding={feature.encoding}).")
-        if feature.vocabulary is not None:
-            return list(feature.vocabulary)
-        return list(self._learned(name, "vocabulary"))
+        return features_lib.vocabulary_of(self[name], self.state.get(name))
 
-    def bin_boundaries(self, name):
+    def bin_boundaries(self, name: str) -> list:
         """Bucket boundaries of a discretized numeric feature (fixed or learned)."""
-        feature = self[name]
-        if feature.kind != "numeric" or feature.transform != "discretize":
-            raise ValueError(f"Feature '{name}' is not discretized.")
-        if feature.bin_boundaries is not None:
-            return list(feature.bin_boundaries)
-        return list(self._learned(name, "bin_boundaries"))
+        return features_lib.bin_boundaries_of(self[name], self.state.get(name))
 
-    def max_length(self, name):
+    def max_length(self, name: str) -> int:
         """Ids per row of a multi-valued feature (declared or learned)."""
-        feature = self[name]
-        if feature.max_length is not None:
-            return feature.max_length
-        return int(self._learned(name, "max_length"))
+        return features_lib.max_length_of(self[name], self.state.get(name))
 
-    def field(self, name):
-        """The model field declaration (`tf_fm.features`) of one feature."""
-        feature = self[name]
-        if feature.kind == "numeric":
-            if feature.transform == "discretize":
-                return CategoricalField(name, len(self.bin_boundaries(name)) + 1)
-            return NumericField(name)
-        if feature.encoding == "hash":
-            size = feature.num_bins
-        elif feature.encoding == "integer":
-            size = feature.num_ids + (1 if feature.out_of_range == "oov" else 0)
-        else:
-            size = feature.num_oov_buckets + len(self.vocabulary(name))
-        if feature.kind == "categorical":
-            return CategoricalField(name, size)
-        return MultiValuedField(
-            name, size, self.max_length(name), weighted=False, combiner=feature.combiner
-        )
+    def field(self, name: str) -> dict:
+        """How one feature enters the model: its field dict (`tf_fm.features.model_field`)."""
+        return features_lib.model_field(self[name], self.state.get(name))
 
-    def fields(self):
-        """The field declarations to build `tf_fm.FM` / `tf_fm.DeepFM` with.
+    def fields(self) -> list[dict]:
+        """The model's fields: one field dict per feature, in schema order.
 
-        Returns:
-            list of `CategoricalField` / `NumericField` / `MultiValuedField`,
-            one per feature in schema order, with the learned vocabulary sizes.
+        `tf_fm.FM(schema)` / `tf_fm.DeepFM(schema)` build on them; they hold
+        the learned vocabulary sizes, so the schema must be adapted.
         """
         return [self.field(f.name) for f in self.features]
 
@@ -984,7 +661,10 @@ class FeatureSchema:
             dict from raw input name to `(dtype, shape)`, dtype `"string"`,
             `"int64"` or `"float32"`, in feature order.
         """
-        return {f.name: (f.raw_dtype, ()) for f in self.features}
+        specs = {}
+        for feature in self.features:
+            specs.update(features_lib.raw_specs(feature))
+        return specs
 
     def raw_inputs(self):
         """One `keras.Input` per raw feature, `(batch,)`, named after the feature.
@@ -994,7 +674,8 @@ class FeatureSchema:
             `"int64"` or `"float32"`.
         """
         return {
-            f.name: keras.Input(shape=(), dtype=f.raw_dtype, name=f.name) for f in self.features
+            name: keras.Input(shape=shape, dtype=dtype, name=name)
+            for name, (dtype, shape) in self.raw_input_specs().items()
         }
 
     def serving_model(self, model, name=None):
@@ -1099,11 +780,11 @@ class FeatureSchema:
             field = self.field(feature.name)
         except ValueError:
             return "(not adapted)"
-        if isinstance(field, NumericField):
+        if field["kind"] == "numeric":
             return "numeric"
-        if isinstance(field, CategoricalField):
-            return f"categorical({field.vocabulary_size})"
-        return f"multivalued({field.vocabulary_size}, len {field.max_length})"
+        if field["kind"] == "categorical":
+            return f"categorical({field['vocabulary_size']})"
+        return f"multivalued({field['vocabulary_size']}, len {field['max_length']})"
 
     def _describe_state(self, feature):
         state = self.state.get(feature.name)
@@ -1161,27 +842,77 @@ class FeatureSchema:
 # === Inference ===
 
 
+def infer_feature(
+    name: str,
+    values: pd.Series,
+    separator: str | None = None,
+    max_integer_cardinality: int = 1000,
+) -> Feature:
+    """The one rule that decides a column's kind (`infer_schema`, `read_dataframe`, the CLI).
+
+    * booleans, and integers with at most `max_integer_cardinality`
+      distinct values: `CategoricalFeature` (raw values read as strings,
+      so a DataFrame, a CSV file and a served request give the same ids);
+    * other integers and floats: `NumericFeature(transform="standardize")`,
+      `default` = the mean of the finite values when some are missing (NaN,
+      or a literal inf), no default otherwise;
+    * strings: `MultiValuedFeature(separator=separator)` if `separator` is
+      given and some value contains it, else `CategoricalFeature`.
+
+    Args:
+        name: str. The column's name.
+        values: `pandas.Series`, the column (or a sample of it).
+        separator: str or None. Separator of multi-valued strings.
+        max_integer_cardinality: int. Most distinct values of an integer
+            column inferred categorical. Defaults to 1000.
+
+    Returns:
+        A feature declaration (not adapted).
+    """
+    if pd.api.types.is_bool_dtype(values):
+        return CategoricalFeature(name)
+    if pd.api.types.is_integer_dtype(values) and values.nunique() <= max_integer_cardinality:
+        return CategoricalFeature(name)
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = numbers[np.isfinite(numbers)]
+        default = None
+        if len(finite) < len(numbers):
+            default = float(finite.mean()) if len(finite) else 0.0
+        return NumericFeature(name, transform="standardize", default=default)
+    if pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+        strings = values.dropna().astype(str)
+        if separator is not None and strings.str.contains(separator, regex=False).any():
+            return MultiValuedFeature(name, separator=separator)
+        return CategoricalFeature(name)
+    raise ValueError(
+        f"Column '{name}' has dtype {values.dtype}, which infer_schema cannot map; "
+        "declare it in `overrides` or `exclude` it."
+    )
+
+
+def raw_column_type(feature: Feature) -> str:
+    """How a reader types a feature's raw column: `"string"`, `"int"` or `"float"`."""
+    if feature.kind == "numeric":
+        return "float"
+    return "int" if feature.raw_dtype == "int64" else "string"
+
+
 def infer_schema(
-    data,
-    label=None,
-    separator=None,
-    max_integer_cardinality=1000,
-    overrides=None,
-    exclude=(),
-    sample_rows=100_000,
-):
+    data: "pd.DataFrame | str",
+    label: str | None = None,
+    separator: str | None = None,
+    max_integer_cardinality: int = 1000,
+    overrides: dict | None = None,
+    exclude: Sequence[str] = (),
+    sample_rows: int = 100_000,
+) -> "FeatureSchema":
     """Proposes a `FeatureSchema` from a pandas DataFrame or a CSV sample.
 
-    Rules, per column (the label and `exclude` left out, `overrides` first):
-
-    * strings: `MultiValuedFeature(separator=separator)` if `separator` is
-      given and some value contains it, else a `CategoricalFeature`
-      vocabulary;
-    * booleans, and integers with at most `max_integer_cardinality` distinct
-      values: `CategoricalFeature(dtype="int64")` vocabulary;
-    * other integers and floats: `NumericFeature(transform="standardize")`,
-      with `default` = the sample mean when the sample has missing values
-      (otherwise no default: a missing value later is an error naming it).
+    Per column (the label and `exclude` left out, `overrides` first), the
+    rule of `infer_feature`: booleans and integers with few values are
+    categorical (read as strings), other numbers standardized numeric,
+    strings categorical or multi-valued.
 
     The proposal is a starting point: ids with many distinct values (a user
     id) become numeric under these rules; declare them in `overrides`.
@@ -1225,29 +956,12 @@ def infer_schema(
             if overrides[column] is not None:
                 features.append(overrides[column])
             continue
-        values = frame[column]
-        name = str(column)
-        if pd.api.types.is_bool_dtype(values):
-            features.append(CategoricalFeature(name, dtype="int64"))
-        elif pd.api.types.is_integer_dtype(values):
-            if values.nunique() <= max_integer_cardinality:
-                features.append(CategoricalFeature(name, dtype="int64"))
-            else:
-                features.append(NumericFeature(name, transform="standardize"))
-        elif pd.api.types.is_float_dtype(values):
-            default = float(values.mean()) if values.isna().any() else None
-            if default is not None and not math.isfinite(default):
-                default = 0.0
-            features.append(NumericFeature(name, transform="standardize", default=default))
-        elif pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
-            strings = values.dropna().astype(str)
-            if separator is not None and strings.str.contains(separator, regex=False).any():
-                features.append(MultiValuedFeature(name, separator=separator))
-            else:
-                features.append(CategoricalFeature(name))
-        else:
-            raise ValueError(
-                f"Column '{column}' has dtype {values.dtype}, which infer_schema cannot map; "
-                "declare it in `overrides` or `exclude` it."
+        features.append(
+            infer_feature(
+                str(column),
+                frame[column],
+                separator=separator,
+                max_integer_cardinality=max_integer_cardinality,
             )
+        )
     return FeatureSchema(features, label=label)

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from tf_fm import schema as schema_lib
 from tf_fm.data import text
 
-COLUMN_TYPES = ("string", "float")
+COLUMN_TYPES = ("string", "int", "float")
 
 
 def _plain(value):
@@ -30,6 +31,18 @@ def _as_float(series, name):
     return values.to_numpy(dtype=np.float32, na_value=np.nan)
 
 
+def _as_int(series, name):
+    values = pd.to_numeric(series, errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        position = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"Column {name!r}, row {series.index[position]!r}: "
+            f"{_plain(series.iloc[position])!r} is not an integer id."
+        )
+    return values.to_numpy(dtype=np.int64)
+
+
 def _as_string(series):
     strings = series.astype("string").fillna("")
     return strings.to_numpy(dtype=object)
@@ -51,25 +64,43 @@ def _labels(series, name, task):
     return np.maximum(values, 0.0) if task == "binary" else values
 
 
+def _column_types(df, columns, schema):
+    """Per column `"string"`, `"int"` or `"float"`: the schema's, else the shared rule's."""
+    if schema is not None:
+        declared = {f.name: schema_lib.raw_column_type(f) for f in schema.features}
+        return {c: declared[c] for c in columns if c in declared}
+    return {
+        c: schema_lib.raw_column_type(schema_lib.infer_feature(str(c), df[c]))
+        for c in columns
+        if not pd.api.types.is_object_dtype(df[c]) and not pd.api.types.is_string_dtype(df[c])
+    }
+
+
 def read_dataframe(
-    df,
+    df: pd.DataFrame,
     *,
-    label,
-    columns=None,
-    column_types=None,
-    task="binary",
-    batch_size=1024,
-    shuffle=False,
-    seed=None,
-    drop_remainder=False,
-    prefetch=True,
-):
+    label: str | None,
+    columns: list | None = None,
+    column_types: dict | None = None,
+    schema: "schema_lib.FeatureSchema | None" = None,
+    task: str = "binary",
+    batch_size: int = 1024,
+    shuffle: bool = False,
+    seed: int | None = None,
+    drop_remainder: bool = False,
+    prefetch: bool = True,
+) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `(features, label)` batches from a pandas DataFrame.
 
-    Same output as `tf_fm.data.read_csv`: numeric columns (and booleans) as
-    `tf.float32` `(batch,)` with NaN for missing values, every other column
-    (object, string, category) as `tf.string` `(batch,)` with `""` for
-    missing values; the label `tf.float32` `(batch,)`. The frame is
+    Each column gets the raw type its feature declares: with `schema`, the
+    schema's features; without, the rule `tf_fm.infer_schema` applies
+    (`tf_fm.schema.infer_feature`), so `read_dataframe(df)` and
+    `infer_schema(df)` always agree. Integer columns with few distinct
+    values and booleans are categorical: `tf.string` `(batch,)` (`"3"`),
+    like the same column read from a CSV file; other numbers `tf.float32`
+    with NaN for missing values; text `tf.string` with `""` for missing
+    values; a feature declared `CategoricalFeature(dtype="int64")`
+    `tf.int64`. The label is `tf.float32` `(batch,)`. The frame is
     converted once, then batched without a per-row step.
 
     Bad values raise `ValueError` here, naming the column and the row
@@ -81,10 +112,14 @@ def read_dataframe(
         label: str or None. Label column; None yields features only.
         columns: list of str. Feature columns, in output order. Defaults to
             every column except the label.
-        column_types: dict from column name to `"string"` or `"float"`,
-            overriding the dtype rule (e.g. `{"user_id": "string"}` for an
-            integer id column). A float column made `"string"` keeps
-            pandas' text (`"3.0"`).
+        column_types: dict from column name to `"string"`, `"int"` or
+            `"float"`, overriding the schema and the rule (e.g.
+            `{"user_id": "string"}` for an integer id column with many
+            values). A float column made `"string"` keeps pandas' text
+            (`"3.0"`).
+        schema: `tf_fm.FeatureSchema` or None. The features whose raw types
+            the columns get; `columns` defaults to its raw inputs. Defaults
+            to None (the rule above).
         task: `"binary"` (labels 0/1, or -1/+1 mapped to 0/1) or
             `"regression"` (any finite number). Defaults to `"binary"`.
         batch_size: int. Rows per batch. Defaults to 1024.
@@ -101,9 +136,12 @@ def read_dataframe(
     text.check_options(batch_size=batch_size, on_error="raise", task=task)
     if label is not None and label not in df.columns:
         raise ValueError(f"Label column {label!r} is not in the DataFrame: {list(df.columns)}.")
+    if columns is None and schema is not None:
+        columns = [f.name for f in schema.features]
     if columns is None:
         columns = [c for c in df.columns if c != label]
-    types = dict(column_types or {})
+    types = {**_column_types(df, [c for c in columns if c in df.columns], schema)}
+    types.update(column_types or {})
     unknown = [c for c in [*columns, *types] if c not in df.columns]
     if unknown:
         raise ValueError(f"Unknown columns {unknown}; the columns are {list(df.columns)}.")
@@ -114,12 +152,11 @@ def read_dataframe(
     features = {}
     for name in columns:
         series = df[name]
-        kind = types.get(name)
-        if kind is None:
-            numeric = pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
-            kind = "float" if numeric else "string"
+        kind = types.get(name, "string")
         if kind == "float":
             features[str(name)] = tf.constant(_as_float(series, name), tf.float32)
+        elif kind == "int":
+            features[str(name)] = tf.constant(_as_int(series, name), tf.int64)
         else:
             features[str(name)] = tf.constant(_as_string(series), tf.string)
     if label is not None:

@@ -4,17 +4,19 @@ A libSVM/libFM line is `label idx:val idx:val ...`, a libFFM line
 `label field:idx:val ...`. Such a row is one weighted multi-valued field of
 the FM: the readers yield `"<name>"` int64 ids `(batch, max_length)` padded
 with -1 and `"<name>_weights"` float32 values (0 at padding), what
-`MultiValuedField(name, vocabulary_size, max_length, weighted=True)` takes
-(see `libsvm_field`). libFFM adds `"<name>_fields"` int64, the field of each
-entry (-1 at padding). Indices are kept as written (0- or 1-based).
+`MultiValuedFeature(name, encoding="integer", num_ids=..., max_length=...,
+weighted=True)` declares (see `libsvm_feature`). libFFM adds
+`"<name>_fields"` int64, the field of each entry (-1 at padding). Indices
+are kept as written (0- or 1-based).
 """
 
+import warnings
 from typing import NamedTuple
 
 import tensorflow as tf
 
 from tf_fm.data import text
-from tf_fm.features import MultiValuedField
+from tf_fm.features import MultiValuedFeature
 
 _MAX_DIGITS = 15  # exact in float64
 _NO_TOKEN = 2**31 - 1
@@ -204,7 +206,7 @@ def scan_libsvm(paths, *, ffm=False, compression_type=None):
     return LibSVMStats(*(int(x) for x in result))
 
 
-def libsvm_field(
+def libsvm_feature(
     paths=None,
     *,
     name="features",
@@ -214,7 +216,7 @@ def libsvm_field(
     combiner="sum",
     compression_type=None,
 ):
-    """The `MultiValuedField` that the libSVM/libFFM readers' output feeds.
+    """The feature declaration of the libSVM/libFFM readers' output.
 
     Args:
         paths: files to scan when `vocabulary_size` or `max_length` is not
@@ -224,11 +226,13 @@ def libsvm_field(
         vocabulary_size: int. Defaults to the largest index seen + 1.
         max_length: int. Defaults to the most entries seen in a row.
         ffm: bool. Scan libFFM lines. Defaults to False.
-        combiner: str. See `MultiValuedField`. Defaults to `"sum"` (libFM).
+        combiner: str. See `MultiValuedFeature`. Defaults to `"sum"` (libFM).
         compression_type: see `scan_libsvm`.
 
     Returns:
-        `MultiValuedField(name, vocabulary_size, max_length, weighted=True)`.
+        `MultiValuedFeature(name, encoding="integer", num_ids=vocabulary_size,
+        max_length=max_length, weighted=True, combiner=combiner)`: it needs
+        no adapting, so `FeatureSchema([feature])` or `FM([feature])` takes it.
     """
     if vocabulary_size is None or max_length is None:
         if paths is None:
@@ -240,7 +244,24 @@ def libsvm_field(
             vocabulary_size = stats.max_index + 1
         if max_length is None:
             max_length = max(stats.max_length, 1)
-    return MultiValuedField(name, vocabulary_size, max_length, weighted=True, combiner=combiner)
+    return MultiValuedFeature(
+        name,
+        encoding="integer",
+        num_ids=vocabulary_size,
+        max_length=max_length,
+        weighted=True,
+        combiner=combiner,
+    )
+
+
+def libsvm_field(*args, **kwargs):
+    """Deprecated name of `libsvm_feature` (removed in the next release)."""
+    warnings.warn(
+        "tf_fm.data.libsvm_field is deprecated; use tf_fm.data.libsvm_feature.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return libsvm_feature(*args, **kwargs)
 
 
 def _read_sparse(
@@ -388,7 +409,7 @@ def read_libffm(
         max_length: int. Entries per row after padding. Defaults to the
             longest row (one extra pass over the files).
         with_fields: bool. Also yield `name + "_fields"`. False leaves only
-            the inputs a `MultiValuedField` takes (an FM ignores fields).
+            the inputs a weighted `MultiValuedFeature` declares (an FM ignores fields).
             Defaults to True.
         task: `"binary"` or `"regression"`, as in `read_libsvm`.
         name: str. Name of the feature (and prefix of `_weights`,

@@ -6,7 +6,7 @@ for categorical columns (`""` when missing) and `tf.float32` for numeric
 columns (NaN when missing; a later schema applies defaults); the label is
 `tf.float32` `(batch,)`. libSVM/libFM/libFFM rows already are feature
 vectors: they yield one weighted multi-valued feature (ids padded with -1,
-`"<name>_weights"` values), see `libsvm_field`.
+`"<name>_weights"` values), see `libsvm_feature`.
 
 Text readers stream their files (chunked reads, several files at once),
 parse whole batches in parallel, and check every line. A malformed line
@@ -37,6 +37,7 @@ from tf_fm.data.delimited import (
 )
 from tf_fm.data.libsvm import (
     LibSVMStats,
+    libsvm_feature,
     libsvm_field,
     read_libffm,
     read_libsvm,
@@ -53,6 +54,7 @@ __all__ = [
     "LibSVMStats",
     "ReadReport",
     "infer_column_types",
+    "libsvm_feature",
     "libsvm_field",
     "read_avazu",
     "read_criteo",

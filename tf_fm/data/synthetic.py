@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_fm import metrics
-from tf_fm.features import CategoricalField, MultiValuedField, NumericField
+from tf_fm.features import CategoricalFeature, MultiValuedFeature, NumericFeature
 
 
 @dataclass
@@ -106,10 +106,20 @@ def make_fm_data(
     if task not in ("binary", "regression"):
         raise ValueError(f"`task` must be 'binary' or 'regression'. Received: task={task!r}")
     rng = np.random.default_rng(seed)
-    fields = [CategoricalField(f"c{i}", int(c)) for i, c in enumerate(cardinalities)]
-    fields += [NumericField(f"n{i}") for i in range(n_numeric)]
+    fields = [
+        CategoricalFeature(f"c{i}", encoding="integer", num_ids=int(c))
+        for i, c in enumerate(cardinalities)
+    ]
+    fields += [NumericFeature(f"n{i}") for i in range(n_numeric)]
     if multivalued_size:
-        fields.append(MultiValuedField("tags", multivalued_size, multivalued_max_length))
+        fields.append(
+            MultiValuedFeature(
+                "tags",
+                encoding="integer",
+                num_ids=multivalued_size,
+                max_length=multivalued_max_length,
+            )
+        )
 
     # Ground truth parameters, one block per field.
     slots = len(cardinalities) + n_numeric + (multivalued_max_length if multivalued_size else 0)
@@ -118,7 +128,7 @@ def make_fm_data(
     s = (interaction_scale**2 / (n_slots_pairs * embedding_dim)) ** 0.25
     truth = {}
     for f in fields:
-        rows = getattr(f, "vocabulary_size", 1)
+        rows = getattr(f, "num_ids", None) or 1
         truth[f.name] = (
             rng.normal(0.0, 0.3, size=rows),
             rng.normal(0.0, s, size=(rows, embedding_dim)),
@@ -132,19 +142,19 @@ def make_fm_data(
         sq_sum = np.zeros((n, embedding_dim))
         for f in fields:
             w, v, perm = truth[f.name]
-            if isinstance(f, CategoricalField):
+            if isinstance(f, CategoricalFeature):
                 ids = perm[
                     rng.choice(
-                        f.vocabulary_size,
+                        f.num_ids,
                         size=n,
-                        p=_zipf_probabilities(f.vocabulary_size, zipf_exponent),
+                        p=_zipf_probabilities(f.num_ids, zipf_exponent),
                     )
                 ]
                 feats[f.name] = ids.astype(np.int64)
                 linear += w[ids]
                 vec_sum += v[ids]
                 sq_sum += v[ids] ** 2
-            elif isinstance(f, NumericField):
+            elif isinstance(f, NumericFeature):
                 x = rng.normal(0.0, 1.0, size=n)
                 feats[f.name] = x.astype(np.float32)
                 x = x.astype(np.float32).astype(np.float64)
@@ -152,11 +162,11 @@ def make_fm_data(
                 vec_sum += v[0] * x[:, None]
                 sq_sum += v[0] ** 2 * x[:, None] ** 2
             else:
-                p = _zipf_probabilities(f.vocabulary_size, zipf_exponent)
+                p = _zipf_probabilities(f.num_ids, zipf_exponent)
                 lengths = rng.integers(1, f.max_length + 1, size=n)
                 ids = np.full((n, f.max_length), -1, dtype=np.int64)
                 for i in range(n):
-                    chosen = rng.choice(f.vocabulary_size, size=lengths[i], replace=False, p=p)
+                    chosen = rng.choice(f.num_ids, size=lengths[i], replace=False, p=p)
                     ids[i, : lengths[i]] = perm[chosen]
                 feats[f.name] = ids
                 mask = ids >= 0

@@ -3,56 +3,8 @@ import numpy as np
 from keras import ops
 
 from tf_fm import tables
+from tf_fm.features import OUT_OF_RANGE_MODES, PADDING_ID, field_config, weights_input_name
 from tf_fm.layers import _tf_ops
-
-FIELD_KINDS = ("categorical", "numeric", "multivalued")
-COMBINERS = ("sum", "mean", "sqrtn")
-OUT_OF_RANGE_MODES = ("error", "oov")
-PADDING_ID = -1
-
-
-def normalize_field(field):
-    """Return the plain-dict form of a field declaration, validated.
-
-    Accepts a dict or any object with a `to_dict()` method (the field classes
-    of `tf_fm.features`).
-    """
-    spec = dict(field.to_dict() if hasattr(field, "to_dict") else field)
-    name = spec.get("name")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"Every field needs a non-empty string `name`. Received: {field!r}")
-    kind = spec.get("kind")
-    if kind not in FIELD_KINDS:
-        raise ValueError(
-            f"Field '{name}': `kind` must be one of {FIELD_KINDS}. Received: kind={kind!r}"
-        )
-    out = {"name": name, "kind": kind}
-    if kind in ("categorical", "multivalued"):
-        size = spec.get("vocabulary_size")
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise ValueError(
-                f"Field '{name}': `vocabulary_size` must be a positive integer. "
-                f"Received: vocabulary_size={size!r}"
-            )
-        out["vocabulary_size"] = size
-    if kind == "multivalued":
-        max_length = spec.get("max_length")
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
-            raise ValueError(
-                f"Field '{name}': `max_length` must be a positive integer. "
-                f"Received: max_length={max_length!r}"
-            )
-        combiner = spec.get("combiner", "sum")
-        if combiner not in COMBINERS:
-            raise ValueError(
-                f"Field '{name}': `combiner` must be one of {COMBINERS}. "
-                f"Received: combiner={combiner!r}"
-            )
-        out["max_length"] = max_length
-        out["weighted"] = bool(spec.get("weighted", False))
-        out["combiner"] = combiner
-    return out
-
 
 def _concat(parts):
     return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=1)
@@ -63,11 +15,6 @@ def _sum(parts):
     for part in parts[1:]:
         total = total + part
     return total
-
-
-def weights_input_name(field_name):
-    """Name of the input that carries a weighted multi-valued field's values."""
-    return f"{field_name}_weights"
 
 
 @keras.saving.register_keras_serializable(package="tf_fm")
@@ -101,7 +48,10 @@ class FieldEmbedding(keras.layers.Layer):
     the batch, not the whole table.
 
     Args:
-        fields: list of dicts (or `tf_fm.features` fields). Each has `name`,
+        fields: list of field dicts (`tf_fm.features.model_field`, what
+            `FeatureSchema.fields()` returns) or of `tf_fm.features`
+            declarations that need no learned state (ids with
+            `encoding="integer"`, numeric features). A dict has `name`,
             `kind` (`"categorical"`, `"numeric"` or `"multivalued"`),
             `vocabulary_size` (categorical, multivalued), `max_length`,
             `weighted` and `combiner` (multivalued). Order sets the field axis.
@@ -157,7 +107,7 @@ class FieldEmbedding(keras.layers.Layer):
         linear_l2=1e-5,
         **kwargs,
     ):
-        fields = [normalize_field(f) for f in fields]
+        fields = [field_config(f) for f in fields]
         if not fields:
             raise ValueError("`fields` must name at least one field. Received: fields=[]")
         names = [f["name"] for f in fields]

@@ -43,7 +43,9 @@ class PredictionHead(keras.layers.Layer):
 
     def call(self, inputs):
         logit = ops.cast(inputs, "float32")
-        return ops.sigmoid(logit) if self.task == "binary" else logit
+        # keras.activations.sigmoid (not ops.sigmoid) keeps the logit on its
+        # output, so binary_crossentropy is computed from the logit, stably.
+        return keras.activations.sigmoid(logit) if self.task == "binary" else logit
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
