@@ -2,28 +2,114 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from layer_testing import run_layer_test
 
-from tf_fm import CategoricalField, FieldEmbedding, MultiValuedField, NumericField
+from tf_fm import FieldEmbedding
+
+
+def categorical(name, vocabulary_size):
+    return {"name": name, "kind": "categorical", "vocabulary_size": vocabulary_size}
+
+
+def numeric(name):
+    return {"name": name, "kind": "numeric"}
+
+
+def multivalued(name, vocabulary_size, max_length, weighted=False, combiner="sum"):
+    return {
+        "name": name,
+        "kind": "multivalued",
+        "vocabulary_size": vocabulary_size,
+        "max_length": max_length,
+        "weighted": weighted,
+        "combiner": combiner,
+    }
+
 
 FIELDS = [
-    CategoricalField("a", 5),
-    NumericField("x"),
-    CategoricalField("b", 3),
-    MultiValuedField("g", 4, 3, weighted=True),
+    categorical("a", 5),
+    numeric("x"),
+    categorical("b", 3),
+    multivalued("g", 4, 3, weighted=True),
 ]
+
+# Seeded normal tables: every layer built with them holds the same values.
+KWARGS = {
+    "embedding_dim": 3,
+    "embeddings_l2": 0.0,
+    "linear_l2": 0.0,
+    "embeddings_initializer": keras.initializers.RandomNormal(stddev=1.0, seed=0),
+    "linear_initializer": keras.initializers.RandomNormal(stddev=1.0, seed=1),
+}
 
 
 def make_layer(fields=FIELDS, **kwargs):
-    kwargs.setdefault("embedding_dim", 3)
-    kwargs.setdefault("embeddings_l2", 0.0)
-    kwargs.setdefault("linear_l2", 0.0)
-    layer = FieldEmbedding(fields, **kwargs)
+    layer = FieldEmbedding(fields, **{**KWARGS, **kwargs})
     layer.build()
-    rng = np.random.default_rng(0)
-    layer.set_table(
-        rng.normal(size=(layer.total_rows, layer.embedding_dim)), rng.normal(size=layer.total_rows)
-    )
     return layer
+
+
+def naive_terms(layer, field, offset, inputs, b):
+    """The (table row, x) pairs of one field of example b, by the FM's definition."""
+
+    def row(i):
+        if layer.out_of_range == "oov" and not 0 <= i < field["vocabulary_size"]:
+            i = field["vocabulary_size"]  # the field's OOV row
+        return offset + i
+
+    name = field["name"]
+    if field["kind"] == "numeric":
+        return [(offset, float(inputs[name][b]))]
+    if field["kind"] == "categorical":
+        return [(row(inputs[name][b]), 1.0)]
+    ids = inputs[name][b]
+    weights = inputs[f"{name}_weights"][b] if field["weighted"] else np.ones(len(ids))
+    pairs = [(row(i), float(w)) for i, w in zip(ids, weights, strict=True) if i != -1]
+    norm = {
+        "sum": 1.0,
+        "mean": sum(w for _, w in pairs),
+        "sqrtn": np.sqrt(sum(w**2 for _, w in pairs)),
+    }[field["combiner"]]
+    return [(r, w / norm) for r, w in pairs]
+
+
+def naive_outputs(layer, inputs):
+    """Per example and field: sum x_i v_i, sum x_i^2 v_i^2; sum x_i w_i, by loops."""
+    v, w = layer.get_factors(), layer.get_linear_weights()
+    batch = len(inputs[layer.fields[0]["name"]])
+    e = np.zeros((batch, len(layer.fields), layer.embedding_dim))
+    s, linear = np.zeros_like(e), np.zeros((batch, 1))
+    for b in range(batch):
+        for f, (field, offset) in enumerate(zip(layer.fields, layer.offsets, strict=True)):
+            for r, x in naive_terms(layer, field, offset, inputs, b):
+                e[b, f] += x * v[r]
+                s[b, f] += (x * v[r]) ** 2
+                linear[b, 0] += x * w[r]
+    return {"embeddings": e, "squared_embeddings": s, "linear": linear}
+
+
+def naive_table_gradient(layer, one):
+    """d sum(outputs) / d table of one example: x + 2 x^2 v per v row, x per w."""
+    v, k = layer.get_factors(), layer.embedding_dim
+    grad = np.zeros((layer.total_rows, k + 1))
+    for field, offset in zip(layer.fields, layer.offsets, strict=True):
+        for r, x in naive_terms(layer, field, offset, one, 0):
+            grad[r, :k] += x + 2 * x**2 * v[r]
+            grad[r, k] += x
+    return {"table": grad}
+
+
+def check_layer(fields, inputs, **kwargs):
+    """run_layer_test against the naive reference and gradient; returns the layer and outputs."""
+    return run_layer_test(
+        FieldEmbedding,
+        {"fields": fields, **KWARGS, **kwargs},
+        inputs,
+        reference=naive_outputs,
+        expected_gradients=naive_table_gradient,
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def batch():
@@ -51,10 +137,9 @@ def test_offsets_layout():
 
 
 def test_categorical_and_numeric_rows():
-    layer = make_layer()
+    layer, out = check_layer(FIELDS, batch())
     table = layer.get_factors()
     w = layer.get_linear_weights()
-    out = run(layer, batch())
     e = out["embeddings"]
     assert e.shape == (2, 4, 3)
     np.testing.assert_allclose(e[:, 0], table[[0, 4]], rtol=1e-6)  # a: offset 0
@@ -99,25 +184,23 @@ def test_padding_gets_no_gradient():
 
 @pytest.mark.parametrize("combiner", ["mean", "sqrtn"])
 def test_combiners(combiner):
-    fields = [MultiValuedField("g", 4, 3, weighted=True, combiner=combiner)]
-    layer = make_layer(fields)
-    table = layer.get_factors()
+    fields = [multivalued("g", 4, 3, weighted=True, combiner=combiner)]
     inputs = {
-        "g": np.array([[1, 3, -1]], dtype="int64"),
-        "g_weights": np.array([[0.5, 2.0, 9.0]], dtype="float32"),
+        "g": np.array([[1, 3, -1], [-1, -1, -1]], dtype="int64"),
+        "g_weights": np.array([[0.5, 2.0, 9.0], [1.0, 1.0, 1.0]], dtype="float32"),
     }
+    layer, out = check_layer(fields, inputs)
+    table = layer.get_factors()
     denom = 2.5 if combiner == "mean" else np.sqrt(0.25 + 4.0)
-    out = run(layer, inputs)
     np.testing.assert_allclose(
         out["embeddings"][0, 0], (0.5 * table[1] + 2.0 * table[3]) / denom, rtol=1e-6
     )
+    np.testing.assert_array_equal(out["embeddings"][1, 0], 0.0)  # no division by zero
 
 
 def test_unweighted_multivalued_uses_x_one():
-    fields = [MultiValuedField("g", 4, 3)]
-    layer = make_layer(fields)
+    layer, out = check_layer([multivalued("g", 4, 3)], {"g": np.array([[2, 0, -1]])})
     table = layer.get_factors()
-    out = run(layer, {"g": np.array([[2, 0, -1]])})
     np.testing.assert_allclose(out["embeddings"][0, 0], table[2] + table[0], rtol=1e-6)
     assert layer.input_names == ["g"]
 
@@ -145,15 +228,14 @@ def test_out_of_range_error_names_the_field(field, value):
 
 
 def test_out_of_range_maps_to_oov_row():
-    layer = make_layer(out_of_range="oov")
-    # a: rows 0-5 (OOV row 5), x: 6, b: 7-10 (OOV 10), g: 11-15 (OOV 15), padding 16.
-    assert layer.offsets == [0, 6, 7, 11] and layer.padding_row == 16
-    table = layer.get_factors()
     inputs = batch()
     inputs["a"] = np.array([5, -7])
     inputs["b"] = np.array([1, 99])
     inputs["g"] = np.array([[1, 8, -1], [-1, -1, -1]])
-    out = run(layer, inputs)
+    layer, out = check_layer(FIELDS, inputs, out_of_range="oov", embeddings_l2=0.5)
+    # a: rows 0-5 (OOV row 5), x: 6, b: 7-10 (OOV 10), g: 11-15 (OOV 15), padding 16.
+    assert layer.offsets == [0, 6, 7, 11] and layer.padding_row == 16
+    table = layer.get_factors()
     np.testing.assert_allclose(out["embeddings"][:, 0], table[[5, 5]], rtol=1e-6)
     np.testing.assert_allclose(out["embeddings"][:, 2], table[[7 + 1, 10]], rtol=1e-6)
     np.testing.assert_allclose(
@@ -194,9 +276,9 @@ def test_output_shapes_and_batch_of_one():
             {"fields": [{"name": "a", "kind": "categorical", "vocabulary_size": 0}]},
             "vocabulary_size",
         ),
-        ({"fields": [CategoricalField("a", 2), NumericField("a")]}, "unique"),
-        ({"fields": [MultiValuedField("g", 3, 0)]}, "max_length"),
-        ({"fields": [MultiValuedField("g", 3, 2, combiner="max")]}, "combiner"),
+        ({"fields": [categorical("a", 2), numeric("a")]}, "unique"),
+        ({"fields": [multivalued("g", 3, 0)]}, "max_length"),
+        ({"fields": [multivalued("g", 3, 2, combiner="max")]}, "combiner"),
         ({"fields": FIELDS, "embedding_dim": 0}, "embedding_dim"),
         ({"fields": FIELDS, "out_of_range": "zero"}, "out_of_range"),
         ({"fields": FIELDS, "embeddings_l2": -1.0}, "embeddings_l2"),
@@ -213,17 +295,6 @@ def test_missing_input_names_the_field():
     del inputs["b"]
     with pytest.raises(KeyError, match="'b'"):
         layer(inputs)
-
-
-def test_config_round_trip():
-    layer = FieldEmbedding(FIELDS, embedding_dim=7, out_of_range="oov", embeddings_l2=0.5)
-    config = layer.get_config()
-    clone = FieldEmbedding.from_config(config)
-    assert clone.get_config() == config
-    assert clone.offsets == layer.offsets
-    import json
-
-    json.dumps(config)  # plain JSON types only
 
 
 def test_mixed_precision_outputs():
@@ -291,16 +362,16 @@ def test_table_gradient_matches_a_dense_reference():
 
 
 def test_numeric_only_fields_and_zero_x_out_of_the_penalty():
-    fields = [NumericField("x"), NumericField("y")]
-    layer = make_layer(fields, embeddings_l2=0.1, linear_l2=0.01)
-    table, w = layer.get_factors(), layer.get_linear_weights()
     inputs = {"x": np.array([2.0, 0.0], "float32"), "y": np.array([1.0, -3.0], "float32")}
-    out = run(layer, inputs)
+    fields = [numeric("x"), numeric("y")]
+    layer, out = check_layer(fields, inputs, embeddings_l2=0.1, linear_l2=0.01)
+    table, w = layer.get_factors(), layer.get_linear_weights()
     np.testing.assert_allclose(out["embeddings"][:, 0], [2.0 * table[0], 0.0 * table[0]])
     np.testing.assert_allclose(out["embeddings"][:, 1], [table[1], -3.0 * table[1]], rtol=1e-6)
     np.testing.assert_allclose(out["squared_embeddings"], out["embeddings"] ** 2, rtol=1e-6)
     np.testing.assert_allclose(out["linear"][:, 0], [2 * w[0] + w[1], -3 * w[1]], rtol=1e-6)
     # Example 2 has x = 0: its row of x is not "used" and is not penalized.
+    layer(inputs)  # the losses of the whole batch (check_layer called it on one example last)
     want_v = 0.1 * np.mean([(table[0] ** 2).sum() + (table[1] ** 2).sum(), (table[1] ** 2).sum()])
     want_w = 0.01 * np.mean([w[0] ** 2 + w[1] ** 2, w[1] ** 2])
     got = sorted(float(keras.ops.convert_to_numpy(x)) for x in layer.losses)
