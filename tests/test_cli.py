@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import tf_fm
-from tf_fm import cli
+from tf_fm import cli, training
 from tf_fm import metrics as metrics_lib
 
 
@@ -165,18 +165,18 @@ def test_resume_after_interruption(criteo_files, tmp_path, monkeypatch):
             if epoch == 1:
                 raise KeyboardInterrupt
 
-    original = cli.training_callbacks
+    original = training.training_callbacks
     monkeypatch.setattr(
-        cli, "training_callbacks", lambda *a, **k: [*original(*a, **k), Interrupt()]
+        training, "training_callbacks", lambda *a, **k: [*original(*a, **k), Interrupt()]
     )
     assert cli.main(args) == 130
     assert (out / "backup").is_dir() and not (out / "model.keras").exists()
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 2
 
-    monkeypatch.setattr(cli, "training_callbacks", original)
+    monkeypatch.setattr(training, "training_callbacks", original)
     seen = []
     monkeypatch.setattr(
-        cli.EpochLog, "on_epoch_begin", lambda self, epoch, logs=None: seen.append(epoch)
+        training.EpochLog, "on_epoch_begin", lambda self, epoch, logs=None: seen.append(epoch)
     )
     assert cli.main(args) == 0
     assert seen == [2, 3]  # epochs 3 and 4 only: resumed after the second
@@ -239,12 +239,10 @@ def test_libsvm(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--data", str(path), "--valid", str(path), "--format", "libsvm"]
     assert cli.main([*args, "--model", "fm", "--epochs", "3", "--output", str(out)]) == 0
-    run = json.loads((out / "run.json").read_text())
-    assert (
-        run["data"]["vocabulary_size"]
-        == max(int(t.split(":")[0]) for line in lines for t in line.split()[1:]) + 1
-    )
-    assert not (out / "schema.json").exists()
+    # A libSVM run has a schema too: one weighted integer multi-valued feature.
+    (feature,) = tf_fm.FeatureSchema.load(out / "schema.json").features
+    assert feature.encoding == "integer" and feature.weighted
+    assert feature.num_ids == max(int(t.split(":")[0]) for x in lines for t in x.split()[1:]) + 1
     target = tmp_path / "p.csv"
     assert cli.main(["predict", str(out), "--data", str(path), "--output", str(target)]) == 0
     assert len(pd.read_csv(target)) == 800
@@ -306,6 +304,26 @@ def test_console_script_is_quiet():
     assert done.stdout == ""
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and "inspect" in done.stdout and done.stderr == ""
+
+
+HELP_PROBE = """
+import sys
+from tf_fm import cli
+for argv in (["--help"], ["train", "--help"], ["--version"], ["train", "--bogus"]):
+    try:
+        cli.main(argv)
+    except SystemExit:
+        pass
+print("tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+def test_help_version_and_usage_errors_do_not_import_tensorflow():
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False"
 
 
 @pytest.mark.slow

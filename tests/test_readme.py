@@ -50,3 +50,35 @@ def test_readme_criteo_to_serving_runs(tmp_path, monkeypatch, shared_data):
     versions = list((tmp_path / "saved_models" / "criteo_deepfm").iterdir())
     assert [v.name for v in versions] == ["1"]
     assert (versions[0] / "assets.extra" / "tf_fm.json").exists()
+
+
+def _click_frame(n, seed):
+    rng = np.random.default_rng(seed)
+    import pandas as pd
+
+    frame = pd.DataFrame({"age_bucket": rng.integers(0, 6, n), "city": rng.choice(["a", "b"], n)})
+    logit = 0.5 * (frame["age_bucket"] - 2.5) + (frame["city"] == "a") - 0.5
+    frame["click"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame
+
+
+def test_readme_dataframe_path_runs(tmp_path, monkeypatch):
+    block = python_blocks()[2]
+    assert "read_dataframe(df" in block
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, str(README), "exec"), {"df": _click_frame(600, 0)})
+    assert [v.name for v in (tmp_path / "saved_models" / "df_fm").iterdir()] == ["1"]
+
+
+def test_readme_training_run_api_runs(tmp_path, monkeypatch):
+    block = python_blocks()[3]
+    assert len(block.strip().splitlines()) < 10
+    for name, n, seed in (("train", 1200, 0), ("valid", 300, 1), ("test", 300, 2)):
+        _click_frame(n, seed).to_csv(tmp_path / f"{name}.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, str(README), "exec"), namespace)
+    assert namespace["scores"]["auc"] > 0.6
+    assert namespace["predictions"].shape == (300,)
+    assert (tmp_path / "runs" / "deepfm" / "model.keras").is_file()  # the default output
+    assert (tmp_path / "saved_models" / "deepfm" / "1" / "saved_model.pb").is_file()

@@ -1,20 +1,15 @@
 """Start-up of the `tf-fm` command: TensorFlow imported without its C++ log noise.
 
-`tf_fm/__init__.py` calls `quiet_tensorflow_import()` first when the running
-program is the `tf-fm` console script, so the lines TensorFlow's C++ runtime
-prints while it loads (CUDA stubs, CPU feature notes) do not bury the
-command's output (`TF_CPP_MIN_LOG_LEVEL` defaults to 3 for the same reason,
-unless the user set it). `tf-fm --verbose` keeps them.
+`tf_fm.cli.main` calls `quiet_tensorflow_import()` once the arguments are
+parsed (so `--help` never loads TensorFlow), before a verb imports it, so
+the lines TensorFlow's C++ runtime prints while it loads (CUDA stubs, CPU
+feature notes) do not bury the command's output (`TF_CPP_MIN_LOG_LEVEL`
+defaults to 3 for the same reason, unless the user set it). `tf-fm --verbose` keeps them.
 """
 
 import os
 import sys
 import tempfile
-
-
-def is_console_script():
-    """True when the running program is the `tf-fm` command."""
-    return bool(sys.argv) and os.path.basename(sys.argv[0]) in ("tf-fm", "tf-fm.exe")
 
 
 def quiet_tensorflow_import():

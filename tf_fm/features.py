@@ -63,13 +63,39 @@ def _check_choice(feature, arg, value, choices):
         )
 
 
+def _check_ids(feature):
+    """What categorical and multi-valued features validate alike: their id encodings."""
+    name = feature.name
+    _check_positive_int(name, "min_count", feature.min_count)
+    _check_positive_int(name, "max_tokens", feature.max_tokens, allow_none=True)
+    _check_positive_int(name, "num_oov_buckets", feature.num_oov_buckets)
+    if feature.vocabulary is not None:
+        object.__setattr__(feature, "vocabulary", tuple(feature.vocabulary))
+    if feature.encoding == "hash":
+        _check_positive_int(name, "num_bins", feature.num_bins)
+    if feature.encoding == "integer":
+        _check_positive_int(name, "num_ids", feature.num_ids)
+
+
 def _check_name(name):
     if not isinstance(name, str) or not name:
         raise ValueError(f"A feature needs a non-empty string `name`. Received: name={name!r}")
 
 
+class _Declaration:
+    """What the three feature classes share: their config (plain JSON types, with `kind`)."""
+
+    kind = ""
+
+    def get_config(self) -> dict:
+        config = dataclasses.asdict(self)
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+        config["kind"] = self.kind
+        return config
+
+
 @dataclasses.dataclass(frozen=True)
-class CategoricalFeature:
+class CategoricalFeature(_Declaration):
     """A categorical column: one raw value per row -> one id in `[0, size)`.
 
     Three encodings:
@@ -131,15 +157,8 @@ class CategoricalFeature:
         _check_choice(self.name, "encoding", self.encoding, ENCODINGS)
         _check_choice(self.name, "dtype", self.dtype, CATEGORICAL_DTYPES)
         _check_choice(self.name, "out_of_range", self.out_of_range, OUT_OF_RANGE_MODES)
-        _check_positive_int(self.name, "min_count", self.min_count)
-        _check_positive_int(self.name, "max_tokens", self.max_tokens, allow_none=True)
-        _check_positive_int(self.name, "num_oov_buckets", self.num_oov_buckets)
-        if self.vocabulary is not None:
-            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
-        if self.encoding == "hash":
-            _check_positive_int(self.name, "num_bins", self.num_bins)
+        _check_ids(self)
         if self.encoding == "integer":
-            _check_positive_int(self.name, "num_ids", self.num_ids)
             if self.dtype != "int64":
                 raise ValueError(
                     f"Feature '{self.name}': encoding='integer' needs dtype='int64'. "
@@ -150,16 +169,9 @@ class CategoricalFeature:
     def raw_dtype(self):
         return self.dtype
 
-    def get_config(self):
-        config = dataclasses.asdict(self)
-        config["kind"] = self.kind
-        if config["vocabulary"] is not None:
-            config["vocabulary"] = list(config["vocabulary"])
-        return config
-
 
 @dataclasses.dataclass(frozen=True)
-class NumericFeature:
+class NumericFeature(_Declaration):
     """A numeric column: one float per row, NaN for missing.
 
     A missing value (NaN, or +-inf) is replaced by `default`, in raw units,
@@ -248,16 +260,9 @@ class NumericFeature:
     def raw_dtype(self):
         return "float32"
 
-    def get_config(self):
-        config = dataclasses.asdict(self)
-        config["kind"] = self.kind
-        if config["bin_boundaries"] is not None:
-            config["bin_boundaries"] = list(config["bin_boundaries"])
-        return config
-
 
 @dataclasses.dataclass(frozen=True)
-class MultiValuedFeature:
+class MultiValuedFeature(_Declaration):
     """A multi-valued categorical column: several ids per row, padded with -1.
 
     With `encoding="vocabulary"` or `"hash"` the raw column is one delimited
@@ -327,15 +332,8 @@ class MultiValuedFeature:
         _check_positive_int(self.name, "max_length", self.max_length, allow_none=True)
         _check_choice(self.name, "encoding", self.encoding, MULTI_VALUED_ENCODINGS)
         _check_choice(self.name, "combiner", self.combiner, COMBINERS)
-        _check_positive_int(self.name, "min_count", self.min_count)
-        _check_positive_int(self.name, "max_tokens", self.max_tokens, allow_none=True)
-        _check_positive_int(self.name, "num_oov_buckets", self.num_oov_buckets)
-        if self.vocabulary is not None:
-            object.__setattr__(self, "vocabulary", tuple(self.vocabulary))
-        if self.encoding == "hash":
-            _check_positive_int(self.name, "num_bins", self.num_bins)
+        _check_ids(self)
         if self.encoding == "integer":
-            _check_positive_int(self.name, "num_ids", self.num_ids)
             _check_positive_int(self.name, "max_length", self.max_length)
         elif self.weighted:
             raise ValueError(
@@ -351,13 +349,6 @@ class MultiValuedFeature:
     @property
     def dtype(self):
         return self.raw_dtype
-
-    def get_config(self):
-        config = dataclasses.asdict(self)
-        config["kind"] = self.kind
-        if config["vocabulary"] is not None:
-            config["vocabulary"] = list(config["vocabulary"])
-        return config
 
 
 FEATURE_CLASSES = {

@@ -34,7 +34,7 @@ def _rankdata(x):
     return ranks
 
 
-def roc_auc(labels, scores):
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with tied scores averaged)."""
     labels = np.asarray(labels).reshape(-1)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -49,15 +49,52 @@ def roc_auc(labels, scores):
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def log_loss(labels, probabilities, eps=1e-7):
+def log_loss(labels: np.ndarray, probabilities: np.ndarray, eps: float = 1e-7) -> float:
     """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps]."""
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     p = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), eps, 1.0 - eps)
     return float(-np.mean(labels * np.log(p) + (1.0 - labels) * np.log(1.0 - p)))
 
 
-def rmse(targets, predictions):
+def rmse(targets: np.ndarray, predictions: np.ndarray) -> float:
     """Root mean squared error."""
     targets = np.asarray(targets, dtype=np.float64).reshape(-1)
     predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
     return float(np.sqrt(np.mean((targets - predictions) ** 2)))
+
+
+def score(task: str, labels: np.ndarray, predictions: np.ndarray) -> dict:
+    """The exact metrics of a run's predictions, as plain floats.
+
+    Args:
+        task: `"binary"` (AUC, log loss, positive rate) or `"regression"`
+            (RMSE).
+        labels: `(n,)` labels.
+        predictions: `(n,)` probabilities or predictions.
+
+    Returns:
+        dict with `auc` (None when one class only), `logloss`,
+        `positive_rate` (binary) or `rmse` (regression), and `rows`.
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    if task == "binary":
+        result = {"logloss": log_loss(labels, predictions)}
+        both = 0 < labels.sum() < len(labels)
+        result["auc"] = roc_auc(labels, predictions) if both else None
+        result["positive_rate"] = float(labels.mean()) if len(labels) else None
+    else:
+        result = {"rmse": rmse(labels, predictions)}
+    result["rows"] = int(len(labels))
+    return result
+
+
+def format_scores(scores: dict) -> str:
+    """`score`'s result as one line: `auc 0.7312, logloss 0.4721, rows 391`."""
+    parts = []
+    for key in ("auc", "logloss", "rmse"):
+        if key in scores:
+            value = scores[key]
+            parts.append(f"{key} {'n/a' if value is None else f'{value:.4f}'}")
+    parts.append(f"rows {scores['rows']:,}")
+    return ", ".join(parts)

@@ -109,6 +109,26 @@ def describe_model(model: keras.Model) -> ModelInfo:
     return ModelInfo(task=head.task, logit=head.input, output=model.outputs[0], tables=tables)
 
 
+def _field_embedding(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2):
+    return FieldEmbedding(
+        _fields_of(fields),
+        embedding_dim=embedding_dim,
+        out_of_range=out_of_range,
+        embeddings_l2=embeddings_l2,
+        linear_l2=linear_l2,
+        name="field_embedding",
+    )
+
+
+def _fm_terms(embedding):
+    """The FM part both builders share: named inputs, their embeddings, the pairwise term."""
+    inputs = model_inputs(embedding.fields)
+    embedded = embedding(inputs)
+    interaction = FMInteraction(name="fm_interaction")
+    pairwise = interaction([embedded["embeddings"], embedded["squared_embeddings"]])
+    return inputs, embedded, pairwise
+
+
 def FM(
     fields: Fields,
     embedding_dim: int = 10,
@@ -156,22 +176,12 @@ def FM(
     """
     _check_task(task)
     # === Layers ===
-    embedding = FieldEmbedding(
-        _fields_of(fields),
-        embedding_dim=embedding_dim,
-        out_of_range=out_of_range,
-        embeddings_l2=embeddings_l2,
-        linear_l2=linear_l2,
-        name="field_embedding",
-    )
-    interaction = FMInteraction(name="fm_interaction")
+    embedding = _field_embedding(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2)
     bias = GlobalBias(name="logit")
     output = _output_layer(task)
 
     # === Functional Model ===
-    inputs = model_inputs(embedding.fields)
-    embedded = embedding(inputs)
-    pairwise = interaction([embedded["embeddings"], embedded["squared_embeddings"]])
+    inputs, embedded, pairwise = _fm_terms(embedding)
     logit = bias([embedded["linear"], pairwise])
     outputs = output(logit)
 
@@ -235,15 +245,7 @@ def DeepFM(
     if not 0.0 <= dnn_dropout < 1.0:
         raise ValueError(f"`dnn_dropout` must be in [0, 1). Received: dnn_dropout={dnn_dropout}")
     # === Layers ===
-    embedding = FieldEmbedding(
-        _fields_of(fields),
-        embedding_dim=embedding_dim,
-        out_of_range=out_of_range,
-        embeddings_l2=embeddings_l2,
-        linear_l2=linear_l2,
-        name="field_embedding",
-    )
-    interaction = FMInteraction(name="fm_interaction")
+    embedding = _field_embedding(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2)
     regularizer = keras.regularizers.L2(dnn_l2) if dnn_l2 else None
     hidden = []
     for i, units in enumerate(dnn_units):
@@ -265,9 +267,7 @@ def DeepFM(
     output = _output_layer(task)
 
     # === Functional Model ===
-    inputs = model_inputs(embedding.fields)
-    embedded = embedding(inputs)
-    pairwise = interaction([embedded["embeddings"], embedded["squared_embeddings"]])
+    inputs, embedded, pairwise = _fm_terms(embedding)
     x = keras.layers.Flatten(name="dnn_input")(embedded["embeddings"])  # (batch, fields * k)
     for layer in hidden:
         x = layer(x)

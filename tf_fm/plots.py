@@ -35,6 +35,12 @@ from matplotlib.ticker import MaxNLocator
 
 from tf_fm import metrics
 
+PathLike = str | os.PathLike
+# A Keras History, its `.history` dict, or the path of a JSON file of it.
+History = object
+# One `(n,)` array, or a dict from curve name to one.
+Predictions = np.ndarray | Mapping
+
 __all__ = [
     "best_epoch",
     "calibration_bins",
@@ -226,7 +232,7 @@ def _check_both_classes(labels, what):
 # === Computations ===
 
 
-def best_epoch(history, metric="loss"):
+def best_epoch(history: "History", metric: str = "loss") -> tuple[int, float] | None:
     """The epoch with the best validation value of a metric.
 
     Best is the largest value for `"auc"` and the smallest for `"loss"`,
@@ -268,7 +274,7 @@ def _best(values, epochs, mode):
     return int(epochs[index]), float(values[index])
 
 
-def roc_curve(labels, scores):
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False and true positive rates at every distinct score threshold.
 
     Thresholds run from the highest score down; tied scores form one step (a
@@ -303,7 +309,9 @@ def roc_curve(labels, scores):
     return fpr, tpr
 
 
-def calibration_bins(labels, predictions, n_bins=10, strategy="quantile"):
+def calibration_bins(
+    labels: np.ndarray, predictions: np.ndarray, n_bins: int = 10, strategy: str = "quantile"
+) -> dict:
     """Mean predicted probability and observed positive rate per bin of predictions.
 
     Bin edges: `"quantile"` puts about the same number of predictions in each
@@ -354,7 +362,9 @@ def calibration_bins(labels, predictions, n_bins=10, strategy="quantile"):
 # === Figures ===
 
 
-def plot_training_curves(history, path=None, title=None):
+def plot_training_curves(
+    history: "History", path: PathLike | None = None, title: str | None = None
+) -> "Figure":
     """Per-epoch training and validation curves of a `model.fit` run.
 
     One panel for the loss and one for each of `auc`, `logloss` and `rmse`
@@ -412,7 +422,12 @@ def plot_training_curves(history, path=None, title=None):
     return _finish(figure, path, title)
 
 
-def plot_roc(labels, predictions, path=None, title=None):
+def plot_roc(
+    labels: np.ndarray,
+    predictions: "Predictions",
+    path: PathLike | None = None,
+    title: str | None = None,
+) -> "Figure":
     """ROC curves (true vs false positive rate) of one or more models, with their AUC.
 
     Args:
@@ -449,7 +464,14 @@ def plot_roc(labels, predictions, path=None, title=None):
     return _finish(figure, path, title)
 
 
-def plot_calibration(labels, predictions, path=None, n_bins=10, strategy="quantile", title=None):
+def plot_calibration(
+    labels: np.ndarray,
+    predictions: "Predictions",
+    path: PathLike | None = None,
+    n_bins: int = 10,
+    strategy: str = "quantile",
+    title: str | None = None,
+) -> "Figure":
     """Reliability diagram and histogram of predicted probabilities.
 
     Top panel: per bin of predictions (`calibration_bins`), the observed
@@ -505,7 +527,12 @@ def plot_calibration(labels, predictions, path=None, n_bins=10, strategy="quanti
     return _finish(figure, path, title)
 
 
-def plot_predicted_vs_actual(labels, predictions, path=None, title=None):
+def plot_predicted_vs_actual(
+    labels: np.ndarray,
+    predictions: "Predictions",
+    path: PathLike | None = None,
+    title: str | None = None,
+) -> "Figure":
     """Regression predictions against the targets, with the identity line.
 
     At most 20,000 points per model are drawn (an even subsample); the RMSE
@@ -543,7 +570,13 @@ def plot_predicted_vs_actual(labels, predictions, path=None, title=None):
     return _finish(figure, path, title)
 
 
-def save_plots(out_dir, history=None, labels=None, predictions=None, task="binary"):
+def save_plots(
+    out_dir: PathLike,
+    history: "History | None" = None,
+    labels: np.ndarray | None = None,
+    predictions: "Predictions | None" = None,
+    task: str = "binary",
+) -> dict[str, pathlib.Path]:
     """Writes the plots that apply to a run into `out_dir`, as PNG files.
 
     * `training_curves.png` when `history` is given;

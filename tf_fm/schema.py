@@ -39,6 +39,7 @@ import collections
 import copy
 import json
 import math
+import os
 import pathlib
 from collections.abc import Sequence
 
@@ -331,7 +332,7 @@ class FeaturePreprocessor(keras.layers.Layer):
     >>> train = raw_dataset.map(lambda x, y: (preprocessor(x), y))
     """
 
-    def __init__(self, schema, **kwargs):
+    def __init__(self, schema: "FeatureSchema | dict", **kwargs):
         if isinstance(schema, FeatureSchema):
             schema = schema.to_dict()
         schema = FeatureSchema.from_dict(schema)
@@ -505,7 +506,12 @@ class FeatureSchema:
     >>> model = tf_fm.DeepFM(schema.fields())
     """
 
-    def __init__(self, features, label=None, state=None):
+    def __init__(
+        self,
+        features: Sequence[Feature | dict],
+        label: str | None = None,
+        state: dict | None = None,
+    ):
         features = [
             f
             if isinstance(f, tuple(features_lib.FEATURE_CLASSES.values()))
@@ -531,7 +537,7 @@ class FeatureSchema:
     # --- Accessors ---
 
     @property
-    def names(self):
+    def names(self) -> list[str]:
         return [f.name for f in self.features]
 
     def __getitem__(self, name):
@@ -541,7 +547,7 @@ class FeatureSchema:
         raise KeyError(f"No feature named '{name}'. Features: {self.names}")
 
     @property
-    def adapted(self):
+    def adapted(self) -> bool:
         """Whether every feature that learns something has its learned state."""
         return all(f.name in self.state for f in self.features if needs_adapt(f))
 
@@ -571,7 +577,7 @@ class FeatureSchema:
 
     # --- Learning ---
 
-    def adapt(self, dataset, steps=None):
+    def adapt(self, dataset: tf.data.Dataset, steps: int | None = None) -> "FeatureSchema":
         """Learns all vocabularies and statistics in one streaming pass.
 
         The dataset is read once, batch by batch: per feature only the token
@@ -623,7 +629,7 @@ class FeatureSchema:
 
     # --- Applying ---
 
-    def preprocessor(self):
+    def preprocessor(self) -> "FeaturePreprocessor":
         """The `FeaturePreprocessor` layer of this schema (one instance, reused).
 
         Returns:
@@ -633,7 +639,9 @@ class FeatureSchema:
             self._preprocessor = FeaturePreprocessor(self, name="feature_preprocessor")
         return self._preprocessor
 
-    def preprocess(self, dataset, num_parallel_calls=tf.data.AUTOTUNE):
+    def preprocess(
+        self, dataset: tf.data.Dataset, num_parallel_calls: int = tf.data.AUTOTUNE
+    ) -> tf.data.Dataset:
         """Applies the preprocessing inside `tf.data` (the training path).
 
         Args:
@@ -654,7 +662,7 @@ class FeatureSchema:
 
         return dataset.map(apply, num_parallel_calls=num_parallel_calls)
 
-    def raw_input_specs(self):
+    def raw_input_specs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
         """What a client sends per row: feature name -> (dtype name, shape after the batch axis).
 
         Returns:
@@ -666,7 +674,7 @@ class FeatureSchema:
             specs.update(features_lib.raw_specs(feature))
         return specs
 
-    def raw_inputs(self):
+    def raw_inputs(self) -> dict[str, keras.KerasTensor]:
         """One `keras.Input` per raw feature, `(batch,)`, named after the feature.
 
         Returns:
@@ -678,7 +686,7 @@ class FeatureSchema:
             for name, (dtype, shape) in self.raw_input_specs().items()
         }
 
-    def serving_model(self, model, name=None):
+    def serving_model(self, model: keras.Model, name: str | None = None) -> keras.Model:
         """Composes the preprocessing with a trained model: raw features in.
 
         Args:
@@ -706,7 +714,7 @@ class FeatureSchema:
 
     # --- Serialization ---
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """Declarations and learned state as plain JSON types."""
         return {
             "format": SCHEMA_FORMAT,
@@ -717,7 +725,7 @@ class FeatureSchema:
         }
 
     @classmethod
-    def from_dict(cls, config):
+    def from_dict(cls, config: dict) -> "FeatureSchema":
         """Rebuild a schema (learned state included) from `to_dict()`."""
         if config.get("format", SCHEMA_FORMAT) != SCHEMA_FORMAT:
             raise ValueError(f"Not a {SCHEMA_FORMAT} dict. Received format={config['format']!r}")
@@ -727,7 +735,7 @@ class FeatureSchema:
             )
         return cls(config["features"], label=config.get("label"), state=config.get("state"))
 
-    def to_json(self, **kwargs):
+    def to_json(self, **kwargs) -> str:
         """The schema as a JSON string (learned vocabularies and statistics included).
 
         Args:
@@ -736,16 +744,19 @@ class FeatureSchema:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text):
+    def from_json(cls, text: str) -> "FeatureSchema":
         """Rebuild a schema from `to_json()`, without re-adapting."""
         return cls.from_dict(json.loads(text))
 
-    def save(self, path):
+    def save(self, path: "str | os.PathLike") -> None:
         """Writes `to_json()` to `path`."""
-        pathlib.Path(path).write_text(self.to_json(indent=1), encoding="utf-8")
+        path = pathlib.Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")  # a reader never sees half a file
+        tmp.write_text(self.to_json(indent=1), encoding="utf-8")
+        os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: "str | os.PathLike") -> "FeatureSchema":
         """Reads a schema written by `save`."""
         return cls.from_json(pathlib.Path(path).read_text(encoding="utf-8"))
 
@@ -767,9 +778,11 @@ class FeatureSchema:
                 text = f"fixed vocabulary ({feature.num_oov_buckets} OOV)"
         elif feature.encoding == "hash":
             text = f"hash ({feature.num_bins} bins)"
+        elif feature.kind == "multivalued":
+            text = f"integer ids ({feature.num_ids}, {'weighted' if feature.weighted else 'x=1'})"
         else:
             text = f"integer ids (out_of_range={feature.out_of_range})"
-        if feature.kind == "multivalued":
+        if feature.kind == "multivalued" and feature.encoding != "integer":
             text += f", split {feature.separator!r}"
         if feature.kind == "numeric" and feature.default is not None:
             text += f", default={feature.default:g}"

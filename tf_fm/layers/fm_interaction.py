@@ -50,7 +50,7 @@ class FMInteraction(keras.layers.Layer):
         He and Chua, "Neural Factorization Machines", SIGIR 2017.
     """
 
-    def __init__(self, reduce_sum=True, **kwargs):
+    def __init__(self, reduce_sum: bool = True, **kwargs):
         if not isinstance(reduce_sum, bool):
             raise ValueError(f"`reduce_sum` must be a bool. Received: reduce_sum={reduce_sum!r}")
         super().__init__(**kwargs)

@@ -24,7 +24,7 @@ class GlobalBias(keras.layers.Layer):
         Rendle, "Factorization Machines", ICDM 2010 (w0 in eq. 1).
     """
 
-    def __init__(self, bias_initializer="zeros", **kwargs):
+    def __init__(self, bias_initializer: str | keras.initializers.Initializer = "zeros", **kwargs):
         super().__init__(**kwargs)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 

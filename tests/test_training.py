@@ -1,0 +1,106 @@
+"""tf_fm.training (the run API `tf-fm train` stands on) and the DataFrame path with ids."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import tf_fm
+from tf_fm import training
+from tf_fm.errors import UsageError
+
+
+def _frame(n=1200, seed=0):
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age_bucket": rng.integers(0, 8, n),  # integer ids: categorical
+            "city": rng.choice(["x", "y", "z"], n),
+            "price": rng.normal(10, 3, n),
+        }
+    )
+    logit = -1.0 + 0.6 * (frame["age_bucket"] - 3.5) + (frame["city"] == "x")
+    frame["click"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame
+
+
+def test_integer_column_dataframe_trains_and_exports(tmp_path):
+    """infer_schema and read_dataframe agree on an integer column (one rule for both)."""
+    frame = _frame()
+    schema = tf_fm.infer_schema(frame, label="click")
+    assert schema["age_bucket"] == tf_fm.CategoricalFeature("age_bucket")
+    raw = tf_fm.data.read_dataframe(frame, label="click", schema=schema, batch_size=256)
+    schema.adapt(raw)
+    model = tf_fm.compile_model(tf_fm.FM(schema), learning_rate=0.05)
+    history = model.fit(schema.preprocess(raw), epochs=3, verbose=0)
+    assert history.history["auc"][-1] > 0.6
+    path = tf_fm.export_saved_model(
+        model, tmp_path / "fm", schema=schema, sample=frame.head(64), warmup_rows=0
+    )
+    assert (path / "saved_model.pb").is_file()
+    served = schema.serving_model(model)
+    rows = tf_fm.data.read_dataframe(frame.head(8), label=None, schema=schema, batch_size=8)
+    np.testing.assert_allclose(
+        served.predict(rows, verbose=0)[:, 0],
+        model.predict(schema.preprocess(rows), verbose=0)[:, 0],
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("builder", [tf_fm.FM, tf_fm.DeepFM])
+def test_builders_take_a_schema(builder):
+    frame = _frame(200)
+    schema = tf_fm.infer_schema(frame, label="click")
+    with pytest.raises(ValueError, match="not adapted"):
+        builder(schema)
+    schema.adapt(tf_fm.data.read_dataframe(frame, label="click", schema=schema))
+    model = builder(schema)
+    assert [t.name for t in model.inputs] == ["age_bucket", "city", "price"]
+    assert tf_fm.describe_model(model).task == "binary"
+
+
+def _csv_files(tmp_path):
+    frame = _frame(1500)
+    frame.iloc[:1200].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[1200:].to_csv(tmp_path / "valid.csv", index=False)
+    return tmp_path / "train.csv", tmp_path / "valid.csv"
+
+
+def test_train_writes_a_run_that_loads(tmp_path):
+    train_file, valid_file = _csv_files(tmp_path)
+    lines = []
+    run = training.train(
+        str(train_file),
+        format="csv",
+        label="click",
+        valid=str(valid_file),
+        output=tmp_path / "run",
+        model="fm",
+        epochs=3,
+        batch_size=128,
+        learning_rate=0.05,
+        log=lines.append,
+        verbose=0,
+    )
+    assert any(line.startswith("Validation: auc") for line in lines)
+    for name in ("run.json", "schema.json", "model.keras", "history.json", "metrics.json"):
+        assert (run.path / name).is_file()
+    loaded = training.Run.load(run.path)
+    assert loaded.schema["age_bucket"].kind == "categorical"
+    assert len(loaded.history["loss"]) == loaded.metrics["epochs_run"] <= 3
+    evaluation = loaded.evaluate(str(valid_file))
+    assert evaluation.scores["auc"] == pytest.approx(loaded.metrics["valid"]["auc"], abs=1e-6)
+    assert evaluation.scores["auc"] > 0.6
+    assert loaded.predict(str(valid_file)).shape == (300,)
+    with pytest.raises(UsageError, match="already holds a trained model"):
+        training.train(str(train_file), format="csv", label="click", output=run.path)
+
+
+def test_train_rejects_bad_settings_before_reading(tmp_path):
+    with pytest.raises(UsageError, match="epochs must be a positive integer"):
+        training.train("x.csv", format="csv", epochs=0, output=tmp_path / "r")
+    with pytest.raises(UsageError, match="no such file"):
+        training.train(str(tmp_path / "missing.csv"), format="csv", output=tmp_path / "r")
+    with pytest.raises(UsageError, match="unknown format"):
+        training.train(str(tmp_path), format="parquet", output=tmp_path / "r")
+    with pytest.raises(UsageError, match="not a tf-fm run directory"):
+        training.Run.load(tmp_path)

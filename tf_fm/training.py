@@ -1,0 +1,648 @@
+"""A training run as an API: files in, a resumable run directory out.
+
+`train(...)` does what `tf-fm train` does: it reads the files of a format
+(`tf_fm.data.formats`), infers or takes the `FeatureSchema`, adapts it in one
+pass, builds and compiles FM or DeepFM, fits with the BARS loop
+(`tf_fm.default_callbacks`: LR decay, early stopping, best weights) when
+validation files are given, and writes the run directory:
+
+    runs/deepfm/
+      run.json        how the files are read, the model and the settings
+      schema.json     the adapted FeatureSchema
+      model.keras     the trained model (best epoch)
+      history.json    per-epoch logs, one entry per finished epoch
+      metrics.json    validation metrics, epochs run, time
+      backup/         Keras BackupAndRestore state while training
+
+Calling `train` again with the same `output` after an interruption resumes
+from the last finished epoch. `Run.load(path)` opens a finished run:
+`run.model()`, `run.schema`, `run.history`, `run.metrics`,
+`run.evaluate(files)`, `run.predict(files)`, `run.export(dir)`.
+
+Example:
+
+>>> run = tf_fm.train("train.csv", format="csv", label="click",
+...                   valid="valid.csv", output="runs/deepfm")
+>>> run.metrics["valid"]["auc"]
+>>> run.export("saved_models/deepfm")  # verified SavedModel for TF Serving
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+
+from tf_fm import export as export_lib
+from tf_fm import metrics as metrics_lib
+from tf_fm import models as models_lib
+from tf_fm import plots as plots_lib
+from tf_fm.data import formats
+from tf_fm.data.text import ReadReport
+from tf_fm.errors import UsageError
+from tf_fm.schema import FeatureSchema
+
+RUN_FILE = "run.json"
+SCHEMA_FILE = "schema.json"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+BACKUP_DIR = "backup"
+MODELS = ("fm", "deepfm")
+
+Log = Callable[[str], None]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def progress_verbosity() -> int:
+    """Keras `fit` verbosity: a progress bar on a terminal, one line per epoch otherwise."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def write_json(path: str | os.PathLike, value) -> None:
+    """Writes JSON through a temporary file, so a reader never sees half of it."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike, what: str):
+    """A JSON file's value; a missing or invalid file is a `UsageError` naming it."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise UsageError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path} is not a valid {what} (JSON): {error}") from None
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """`model.save` to a temporary name in the same directory, then renamed into place."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Writes the per-epoch logs to a JSON file after every epoch, across resumes.
+
+    Keras' `History` starts empty in every `fit`, so it does not survive a
+    resume. On a resumed run (`BackupAndRestore`) the epochs logged before
+    the interruption are kept up to the epoch training restarts from, so the
+    file always holds one entry per finished epoch of the whole run.
+
+    Args:
+        path: str or path-like. The JSON file.
+        resume: bool. Keep the file's earlier epochs (a resumed run).
+            Defaults to True.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume: bool = True):
+        super().__init__()
+        self.path = pathlib.Path(path)
+        self.history = {}
+        if resume and self.path.is_file():
+            self.history = json.loads(self.path.read_text(encoding="utf-8"))
+        self._started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._started:  # the first epoch of this fit: drop anything later
+            self.history = {k: v[:epoch] for k, v in self.history.items()}
+            self._started = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        write_json(self.path, self.history)
+
+
+def training_callbacks(
+    task: str, validation: bool, patience: int, backup_dir: str | os.PathLike | None = None
+) -> list[keras.callbacks.Callback]:
+    """`tf_fm.default_callbacks` with validation data; only the backup without."""
+    if validation:
+        return models_lib.default_callbacks(task, patience=patience, backup_dir=backup_dir)
+    if backup_dir is None:
+        return []
+    return [keras.callbacks.BackupAndRestore(str(backup_dir))]
+
+
+@dataclasses.dataclass
+class ModelOptions:
+    """The model of a run: `FM` or `DeepFM` and their main arguments.
+
+    Args:
+        model: `"fm"` or `"deepfm"`. Defaults to `"deepfm"`.
+        embedding_dim: int. Factor size k. Defaults to 10.
+        dnn_units: sequence of int. DeepFM hidden layers. Defaults to
+            (400, 400, 400).
+        dropout: float. DeepFM dropout. Defaults to 0.5.
+        batch_norm: bool. DeepFM batch normalization. Defaults to False.
+        l2: float. L2 on the embedding and first-order rows each example
+            uses. Defaults to 1e-5.
+        learning_rate: float. Initial LazyAdam learning rate. Defaults to 1e-3.
+    """
+
+    model: str = "deepfm"
+    embedding_dim: int = 10
+    dnn_units: Sequence[int] = (400, 400, 400)
+    dropout: float = 0.5
+    batch_norm: bool = False
+    l2: float = 1e-5
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise UsageError(f"model must be one of {MODELS}. Received: {self.model!r}")
+        self.dnn_units = [int(u) for u in self.dnn_units]
+
+    def build(self, schema: FeatureSchema, task: str) -> keras.Model:
+        """The compiled model on `schema`'s fields."""
+        common = {
+            "embedding_dim": self.embedding_dim,
+            "task": task,
+            "embeddings_l2": self.l2,
+            "linear_l2": self.l2,
+        }
+        if self.model == "fm":
+            model = models_lib.FM(schema, **common)
+        else:
+            model = models_lib.DeepFM(
+                schema,
+                dnn_units=self.dnn_units,
+                dnn_dropout=self.dropout,
+                dnn_batch_norm=self.batch_norm,
+                **common,
+            )
+        return models_lib.compile_model(model, learning_rate=self.learning_rate)
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """How a run trains.
+
+    Args:
+        epochs: int. Most epochs. Defaults to 10.
+        batch_size: int. Rows per step. Defaults to 1024.
+        patience: int. Epochs without validation gain before stopping.
+            Defaults to 2.
+        seed: int. Seed of weights and shuffling. Defaults to 0.
+        shuffle_buffer: int. Rows shuffled together. Defaults to 100000.
+        on_error: str. A malformed line: `"raise"` (file:line) or `"skip"`
+            (counted). Defaults to `"raise"`.
+    """
+
+    epochs: int = 10
+    batch_size: int = 1024
+    patience: int = 2
+    seed: int = 0
+    shuffle_buffer: int = 100_000
+    on_error: str = "raise"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "patience", "shuffle_buffer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive integer. Received: {value!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise UsageError(f"on_error must be 'raise' or 'skip'. Received: {self.on_error!r}")
+
+
+def predict_dataset(model: keras.Model, dataset, with_labels: bool = True):
+    """Predictions (and labels) over a dataset, in order, with a progress bar on a terminal.
+
+    Returns:
+        `(predictions (n,), labels (n,) or None)`.
+    """
+    outputs, labels = [], []
+    bar = keras.utils.Progbar(None, unit_name="row", verbose=1 if sys.stdout.isatty() else 0)
+    rows = 0
+    for element in dataset:
+        features, label = element if isinstance(element, tuple) else (element, None)
+        outputs.append(np.asarray(model.predict_on_batch(features)).reshape(-1))
+        if with_labels and label is not None:
+            labels.append(label.numpy().reshape(-1))
+        rows += len(outputs[-1])
+        bar.update(rows)
+    if sys.stdout.isatty():
+        print(flush=True)
+    predictions = np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+    return predictions, (np.concatenate(labels) if labels else None)
+
+
+def export_model(
+    model: keras.Model,
+    schema: FeatureSchema | None,
+    export_dir: str | os.PathLike,
+    sample,
+    scores: dict | None = None,
+    version: int | None = None,
+    overwrite: bool = False,
+    log: Log = _say,
+) -> pathlib.Path:
+    """Exports a trained model as a verified TF Serving version and says what it wrote.
+
+    Warm-up records are written when `tensorflow-serving-api` is installed.
+
+    Args:
+        model: the trained `FM` / `DeepFM`.
+        schema: its adapted `FeatureSchema`, or None for a model on ids.
+        export_dir: the model base directory; the version goes below it.
+        sample: raw rows (a dataset or columns) for warm-up and the checks.
+        scores: dict or None. Metrics kept in the export's metadata (as
+            `valid_<name>`).
+        version: int or None. Version number; None takes the next free one.
+        overwrite: bool. Replace `version` if it exists. Defaults to False.
+        log: callable printing one line. Defaults to `print`.
+
+    Returns:
+        The published version directory.
+    """
+    warmup = 10
+    try:
+        import tensorflow_serving.apis  # noqa: F401
+    except ImportError:
+        warmup = 0
+        log(
+            "  (tensorflow-serving-api is not installed: no warm-up records; "
+            "pip install 'tf-fm[serving]')"
+        )
+    log(f"Exporting to {export_dir} and verifying in a TensorFlow-only process ...")
+    metadata = {f"valid_{k}": v for k, v in (scores or {}).items() if v is not None}
+    path = export_lib.export_saved_model(
+        model,
+        export_dir,
+        schema=schema,
+        sample=sample,
+        metrics=metadata or None,
+        warmup_rows=warmup,
+        version=version,
+        overwrite=overwrite and version is not None,
+    )
+    report = export_lib.read_metadata(path).get("verification", {})
+    worst = max(report.get("max_abs_diff", {}).values(), default=0.0)
+    log(f"  published {path}: verified on {report.get('rows')} rows, max abs diff {worst:.1e}")
+    return path
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Metrics of a run on labelled files, with what they were computed from."""
+
+    scores: dict
+    labels: np.ndarray
+    predictions: np.ndarray
+
+
+class Run:
+    """A training run directory (what `train` writes).
+
+    Args:
+        path: str or path-like. The run directory.
+
+    Raises:
+        UsageError: `path` holds no run (no run.json).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
+        if not (self.path / RUN_FILE).is_file():
+            raise UsageError(
+                f"{self.path} is not a tf-fm run directory (no {RUN_FILE}; `tf-fm train "
+                "--output DIR` writes one)"
+            )
+        self.config = read_json(self.path / RUN_FILE, "run file")
+        self.spec = formats.DataSpec.from_dict(self.config["data"])
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Run":
+        """Opens the run directory at `path`."""
+        return cls(path)
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def schema(self) -> FeatureSchema:
+        """The run's adapted `FeatureSchema`."""
+        path = self.path / SCHEMA_FILE
+        if not path.is_file():
+            raise UsageError(f"{path} not found: the run has not learned its schema")
+        try:
+            return FeatureSchema.load(path)
+        except (ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"{path} is not a valid schema file: {error}") from None
+
+    @property
+    def history(self) -> dict:
+        """Per-epoch logs (`loss`, `val_auc`, ...), one entry per finished epoch."""
+        path = self.path / HISTORY_FILE
+        return read_json(path, "history file") if path.is_file() else {}
+
+    @property
+    def metrics(self) -> dict:
+        """What `train` measured: `valid` scores, `epochs_run`, `best_epoch`, `seconds`."""
+        return read_json(self.path / METRICS_FILE, "metrics file")
+
+    @property
+    def files(self) -> dict:
+        """The run's `data` and `valid` files (absolute paths)."""
+        settings = self.config.get("settings", {})
+        return {"data": settings.get("data", []), "valid": settings.get("valid", [])}
+
+    def model(self) -> keras.Model:
+        """The trained model (on model inputs: ids and values)."""
+        path = self.path / MODEL_FILE
+        if not path.is_file():
+            raise UsageError(f"{path} not found: the run has not finished training")
+        return keras.saving.load_model(path)
+
+    def raw_model(self) -> keras.Model:
+        """The schema's preprocessing + the trained model: raw features in."""
+        return self.schema.serving_model(self.model())
+
+    def read(self, files, batch_size: int = 4096, need_label: bool = True, **kwargs):
+        """Raw batches of `files` (paths or globs), read as the run read its data."""
+        files = formats.resolve_files(files)
+        return formats.read_files(
+            self.spec, files, batch_size=batch_size, need_label=need_label, **kwargs
+        )
+
+    def evaluate(self, files, batch_size: int = 4096) -> Evaluation:
+        """Exact metrics (`tf_fm.metrics.score`) of the run's model on labelled `files`."""
+        dataset = self.read(files, batch_size=batch_size)
+        predictions, labels = predict_dataset(self.raw_model(), dataset)
+        return Evaluation(metrics_lib.score(self.task, labels, predictions), labels, predictions)
+
+    def predict(self, files, batch_size: int = 4096) -> np.ndarray:
+        """Predictions, one per row of `files` in order (a label column is not needed)."""
+        dataset = self.read(files, batch_size=batch_size, need_label=False)
+        return predict_dataset(self.raw_model(), dataset, with_labels=False)[0]
+
+    def export(
+        self,
+        export_dir: str | os.PathLike,
+        sample=None,
+        version: int | None = None,
+        overwrite: bool = False,
+        log: Log = _say,
+    ) -> pathlib.Path:
+        """Exports the run's model as a verified TF Serving version (see `export_model`).
+
+        Args:
+            export_dir: model base directory; the version goes below it.
+            sample: files (paths or globs) of rows for warm-up and checks.
+                Defaults to the run's validation files, else its data files.
+            version, overwrite, log: as in `export_model`.
+        """
+        if sample is None:
+            sample = [f for f in self.files["valid"] or self.files["data"] if os.path.isfile(f)]
+            if not sample:
+                raise UsageError("the run's data files are gone; pass sample FILES")
+        rows = self.read(sample, batch_size=1000, on_error=self._on_error)
+        scores = self.metrics.get("valid")
+        return export_model(
+            self.model(), self.schema, export_dir, rows, scores, version, overwrite, log
+        )
+
+    @property
+    def _on_error(self) -> str:
+        return self.config.get("settings", {}).get("on_error", "raise")
+
+
+# === train ===
+
+
+def _open_output(out, overwrite):
+    """Whether `out` holds an interrupted run to resume; refuses to clobber a finished one."""
+    backup = out / BACKUP_DIR
+    resuming = backup.is_dir() and any(backup.iterdir())
+    if (out / MODEL_FILE).exists() and not resuming and not overwrite:
+        raise UsageError(f"{out} already holds a trained model; pass overwrite (--overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    return resuming
+
+
+def _given_schema(schema):
+    if isinstance(schema, FeatureSchema):
+        return schema, "given"
+    try:
+        return FeatureSchema.load(schema), str(schema)
+    except FileNotFoundError:
+        raise UsageError(f"schema file not found: {schema}") from None
+    except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+        raise UsageError(f"{schema} is not a valid schema file: {error}") from None
+
+
+def _run_schema(spec, files, valid_files, schema, out, resuming, inference, on_error, log):
+    """The run's schema: given, the interrupted run's, or inferred; adapted and saved."""
+    if schema is not None:
+        schema, source = _given_schema(schema)
+    elif resuming and (out / SCHEMA_FILE).is_file():
+        schema, source = FeatureSchema.load(out / SCHEMA_FILE), f"{out / SCHEMA_FILE} (resuming)"
+    else:
+        if spec.format in ("libsvm", "libffm"):
+            log(f"Scanning {len(files) + len(valid_files)} file(s) for ids and row lengths ...")
+            files = files + valid_files  # every id must have a row
+        schema, source = formats.infer_format_schema(spec, files, **inference), "inferred"
+    if spec.format in ("libsvm", "libffm") and spec.max_length is None:
+        spec.max_length = schema.features[0].max_length
+    if spec.format == "csv" and spec.column_types is None:
+        kinds = {f.name: f.kind for f in schema.features}
+        spec.column_types = {n: "float" if k == "numeric" else "string" for n, k in kinds.items()}
+    if not schema.adapted:
+        log("Learning the schema (vocabularies, statistics): one pass over the data ...")
+        start = time.monotonic()
+        schema.adapt(formats.read_files(spec, files, batch_size=4096, on_error=on_error))
+        log(f"  done in {time.monotonic() - start:.1f} s")
+    schema.save(out / SCHEMA_FILE)
+    log(f"Schema ({source}), written to {out / SCHEMA_FILE}:")
+    log(str(schema))
+    return schema
+
+
+def _fit(model, train_data, valid_data, out, resuming, settings, task, log, verbose):
+    """`model.fit` with the run's callbacks; returns the whole run's per-epoch history."""
+    if valid_data is None:
+        log("No validation files: no early stopping or learning-rate decay, fixed epochs.")
+    epoch_log = EpochLog(out / HISTORY_FILE, resume=resuming)
+    callbacks = [
+        epoch_log,
+        *training_callbacks(task, valid_data is not None, settings.patience, out / BACKUP_DIR),
+    ]
+    if resuming:
+        log(f"Resuming from {out / BACKUP_DIR} (the last finished epoch).")
+    model.fit(
+        train_data,
+        validation_data=valid_data,
+        epochs=settings.epochs,
+        shuffle=False,  # the reader shuffles (files, then windows of rows)
+        callbacks=callbacks,
+        verbose=progress_verbosity() if verbose is None else verbose,
+    )
+    return epoch_log.history
+
+
+def _results(model, valid_data, history, task, report, seconds):
+    result = {"epochs_run": len(history.get("loss", [])), "seconds": seconds}
+    labels = predictions = None
+    if valid_data is not None:
+        predictions, labels = predict_dataset(model, valid_data)
+        result["valid"] = metrics_lib.score(task, labels, predictions)
+        key = "val_auc" if task == "binary" else "val_rmse"
+        if history.get(key):
+            best = (np.argmax if task == "binary" else np.argmin)(history[key])
+            result["best_epoch"] = int(best) + 1
+    if report is not None:
+        result["skipped_lines"] = report.skipped
+    return result, labels, predictions
+
+
+def train(
+    data: str | Sequence[str],
+    *,
+    format: str,
+    valid: str | Sequence[str] | None = None,
+    output: str | os.PathLike | None = None,
+    schema: FeatureSchema | str | None = None,
+    task: str = "binary",
+    label: str = "label",
+    delimiter: str = ",",
+    separator: str | None = None,
+    min_count: int = 2,
+    categorical: Sequence[str] = (),
+    numeric: Sequence[str] = (),
+    model: str | ModelOptions = "deepfm",
+    settings: TrainSettings | None = None,
+    overwrite: bool = False,
+    plots: str | os.PathLike | None = None,
+    log: Log = _say,
+    verbose: int | None = None,
+    **options,
+) -> Run:
+    """Trains FM or DeepFM on files and writes (or resumes) a run directory.
+
+    Args:
+        data: training files: a path, a glob, or a list of them.
+        format: str. One of `tf_fm.data.formats.FORMATS` (`"criteo"`,
+            `"avazu"`, `"csv"`, `"libsvm"`, `"libffm"`, `"tfrecord"`).
+        valid: validation files, or None. With them: early stopping, LR decay
+            on plateau, the best epoch's weights, and validation metrics.
+        output: run directory. Defaults to `runs/<model>`.
+        schema: a `FeatureSchema` (adapted or not) or a schema.json path;
+            None infers the format's (`infer_format_schema`).
+        task: `"binary"` or `"regression"`. Defaults to `"binary"`.
+        label, delimiter, separator: `csv`: label column, cell delimiter,
+            multi-valued cell separator.
+        min_count, categorical, numeric: schema inference (see
+            `tf_fm.data.formats.infer_format_schema`).
+        model: `"fm"`, `"deepfm"` or a `ModelOptions`. Defaults to `"deepfm"`.
+        settings: `TrainSettings` or None (defaults, updated by `options`).
+        overwrite: bool. Replace a finished run in `output`. Defaults to False.
+        plots: directory for training curves, ROC and calibration PNGs.
+        log: callable printing one line. Defaults to `print`.
+        verbose: Keras `fit` verbosity; None picks one for the terminal.
+        **options: fields of `ModelOptions` (`embedding_dim`, `dnn_units`,
+            `dropout`, `batch_norm`, `l2`, `learning_rate`) and of
+            `TrainSettings` (`epochs`, `batch_size`, `patience`, `seed`,
+            `shuffle_buffer`, `on_error`).
+
+    Returns:
+        The `Run`.
+    """
+    model_options, settings = _options(model, settings, options)
+    spec = formats.DataSpec(format, task, label, delimiter, separator)
+    out = pathlib.Path(output or f"runs/{model_options.model}")
+    files = formats.resolve_files(data, "data")
+    valid_files = formats.resolve_files(valid, "valid") if valid else []
+    resuming = _open_output(out, overwrite)
+    keras.utils.set_random_seed(settings.seed)
+    inference = {"min_count": min_count, "categorical": categorical, "numeric": numeric}
+    schema = _run_schema(
+        spec, files, valid_files, schema, out, resuming, inference, settings.on_error, log
+    )
+    recorded = {**dataclasses.asdict(settings), "data": _absolute(files)}
+    recorded["valid"] = _absolute(valid_files)
+    run_config = {"data": spec.to_dict(), "model": model_options.model, "settings": recorded}
+    run_config["model_options"] = dataclasses.asdict(model_options)
+    write_json(out / RUN_FILE, run_config)
+
+    report = ReadReport() if settings.on_error == "skip" else None
+
+    def pipeline(paths, shuffle):
+        raw = formats.read_files(
+            spec,
+            paths,
+            batch_size=settings.batch_size,
+            shuffle_buffer=settings.shuffle_buffer if shuffle else None,
+            seed=settings.seed,
+            on_error=settings.on_error,
+            report=report,
+        )
+        return schema.preprocess(raw)
+
+    train_data = pipeline(files, shuffle=True)
+    valid_data = pipeline(valid_files, shuffle=False) if valid_files else None
+    keras_model = model_options.build(schema, task)
+    log(f"Training {model_options.model} for at most {settings.epochs} epochs ...")
+    start = time.monotonic()
+    history = _fit(keras_model, train_data, valid_data, out, resuming, settings, task, log, verbose)
+    seconds = time.monotonic() - start
+    save_model(keras_model, out / MODEL_FILE)
+    shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
+    result, labels, predictions = _results(keras_model, valid_data, history, task, report, seconds)
+    result["model"] = model_options.model
+    write_json(out / METRICS_FILE, result)
+    _log_results(result, out, report, log)
+    if plots:
+        paths = plots_lib.save_plots(
+            plots, history=history, labels=labels, predictions=predictions, task=task
+        )
+        log(f"Plots: {', '.join(str(p) for p in paths.values())}")
+    return Run(out)
+
+
+def _absolute(files):
+    return [os.path.abspath(f) for f in files]
+
+
+def _options(model, settings, options):
+    """`ModelOptions` and `TrainSettings` from `train`'s arguments."""
+    model_fields = {f.name for f in dataclasses.fields(ModelOptions)}
+    settings_fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    unknown = sorted(set(options) - model_fields - settings_fields)
+    if unknown:
+        raise TypeError(f"train() got unexpected keyword arguments {unknown}")
+    model_args = {k: v for k, v in options.items() if k in model_fields}
+    if isinstance(model, ModelOptions):
+        model_options = dataclasses.replace(model, **model_args)
+    else:
+        model_options = ModelOptions(model=model, **model_args)
+    settings_args = {k: v for k, v in options.items() if k in settings_fields}
+    settings = dataclasses.replace(settings or TrainSettings(), **settings_args)
+    return model_options, settings
+
+
+def _log_results(result, out, report, log):
+    log(
+        f"Trained in {result['seconds']:.1f} s ({result['epochs_run']} epochs); model: "
+        f"{out / MODEL_FILE}"
+    )
+    if "valid" in result:
+        log(f"Validation: {metrics_lib.format_scores(result['valid'])}")
+    if report is not None and report.skipped:
+        log(f"Skipped {report.skipped} malformed line(s), e.g. {report.examples[:3]}")
