@@ -13,12 +13,9 @@ import tensorflow as tf
 import tf_fm
 from tf_fm import (
     CategoricalFeature,
-    CategoricalField,
     FeatureSchema,
     MultiValuedFeature,
-    MultiValuedField,
     NumericFeature,
-    NumericField,
 )
 from tf_fm import export as export_lib
 from tf_fm.export import publish, verification
@@ -185,9 +182,9 @@ def test_deepfm_export_is_verified(criteo, tmp_path):
 def ids_model_and_sample():
     """An FM on ids and values (no schema): its inputs already are the raw inputs."""
     fields = [
-        CategoricalField("item", 50),
-        NumericField("price"),
-        MultiValuedField("tags", 20, max_length=3),
+        CategoricalFeature("item", encoding="integer", num_ids=50),
+        NumericFeature("price"),
+        MultiValuedFeature("tags", encoding="integer", num_ids=20, max_length=3),
     ]
     model = tf_fm.FM(fields, embedding_dim=4)
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -70,6 +71,7 @@ def test_readme_dataframe_path_runs(tmp_path, monkeypatch):
     assert [v.name for v in (tmp_path / "saved_models" / "df_fm").iterdir()] == ["1"]
 
 
+@pytest.mark.slow  # the run API and its export have quick tests of their own (test_training.py)
 def test_readme_training_run_api_runs(tmp_path, monkeypatch):
     block = python_blocks()[3]
     assert len(block.strip().splitlines()) < 10

@@ -23,8 +23,11 @@ def _frame(n=1200, seed=0):
     return frame
 
 
-def test_integer_column_dataframe_trains_and_exports(tmp_path):
-    """infer_schema and read_dataframe agree on an integer column (one rule for both)."""
+def test_integer_column_dataframe_trains_and_serves():
+    """infer_schema and read_dataframe agree on an integer column (one rule for both).
+
+    The README's DataFrame block (tests/test_readme.py) exports the same path.
+    """
     frame = _frame()
     schema = tf_fm.infer_schema(frame, label="click")
     assert schema["age_bucket"] == tf_fm.CategoricalFeature("age_bucket")
@@ -33,10 +36,6 @@ def test_integer_column_dataframe_trains_and_exports(tmp_path):
     model = tf_fm.compile_model(tf_fm.FM(schema), learning_rate=0.05)
     history = model.fit(schema.preprocess(raw), epochs=3, verbose=0)
     assert history.history["auc"][-1] > 0.6
-    path = tf_fm.export_saved_model(
-        model, tmp_path / "fm", schema=schema, sample=frame.head(64), warmup_rows=0
-    )
-    assert (path / "saved_model.pb").is_file()
     served = schema.serving_model(model)
     rows = tf_fm.data.read_dataframe(frame.head(8), label=None, schema=schema, batch_size=8)
     np.testing.assert_allclose(
