@@ -256,7 +256,7 @@ def test_default_callbacks_stop_early_and_decay_the_learning_rate(tmp_path):
     callbacks = tf_fm.default_callbacks(patience=2, backup_dir=tmp_path / "backup")
     assert [type(c).__name__ for c in callbacks] == [
         "ReduceLROnPlateau",
-        "EarlyStopping",
+        "BestEpochStopping",
         "BackupAndRestore",
     ]
     history = model.fit(
@@ -283,3 +283,62 @@ def test_default_callbacks_regression_and_arguments():
         tf_fm.default_callbacks(patience=0)
     with pytest.raises(ValueError, match="task"):
         tf_fm.default_callbacks("ranking")
+
+
+class _Scripted(keras.callbacks.Callback):
+    """Feeds `BestEpochStopping` a scripted validation metric, epoch by epoch."""
+
+    def __init__(self, values, rates=None):
+        super().__init__()
+        self.values, self.rates = values, rates
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_auc"] = self.values[epoch]
+        if self.rates is not None:
+            self.model.optimizer.learning_rate.assign(self.rates[epoch])
+
+
+def _scripted_fit(values, rates=None, patience=2, epochs=None):
+    rng = np.random.default_rng(0)
+    fields = [CategoricalFeature("a", encoding="integer", num_ids=5)]
+    model = tf_fm.compile_model(tf_fm.FM(fields), learning_rate=0.05)
+    stopper = tf_fm.models.BestEpochStopping("val_auc", "max", patience)
+    x = {"a": rng.integers(0, 5, 64)}
+    y = (x["a"] < 2).astype("float32")
+    weights = []
+    saver = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: weights.append(model.get_weights())
+    )
+    history = model.fit(
+        x,
+        y,
+        epochs=epochs or len(values),
+        batch_size=16,
+        verbose=0,
+        callbacks=[_Scripted(values, rates), stopper, saver],
+    )
+    return model, history, weights
+
+
+def test_best_epoch_stopping_ignores_gains_below_min_delta():
+    # Gains of 5e-5 (< MIN_DELTA) after epoch 1: patience runs out at epoch 3.
+    values = [0.70, 0.71, 0.71005, 0.7101, 0.75, 0.76]
+    model, history, weights = _scripted_fit(values)
+    assert len(history.history["loss"]) == 4
+    for got, want in zip(model.get_weights(), weights[1], strict=True):  # epoch 2, the best
+        np.testing.assert_array_equal(got, want)
+
+
+def test_best_epoch_stopping_stops_at_the_learning_rate_floor():
+    values = [0.70, 0.71, 0.70, 0.69, 0.68]
+    rates = [1e-3, 1e-4, 1e-6, 1e-6, 1e-6]
+    _, history, _ = _scripted_fit(values, rates, patience=5)
+    assert len(history.history["loss"]) == 3  # first epoch without gain at the floor
+
+
+def test_best_epoch_stopping_restores_the_best_weights_at_the_epochs_cap():
+    values = [0.70, 0.75, 0.74]
+    model, history, weights = _scripted_fit(values, patience=5)
+    assert len(history.history["loss"]) == 3
+    for got, want in zip(model.get_weights(), weights[1], strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -669,3 +669,36 @@ def test_movielens_fm_beats_chance(shared_data):
     auc = keras.metrics.AUC(num_thresholds=2000)
     auc.update_state(test_label, scores)
     assert float(auc.result()) > 0.6
+
+
+def test_integer_columns_are_ids_unless_there_is_evidence_of_a_quantity():
+    rng = np.random.default_rng(0)
+    n = 5000
+    frame = pd.DataFrame(
+        {
+            "item": rng.integers(0, 4082, n),  # 4k distinct ids: still an id
+            "user_id": rng.integers(0, 300, n),
+            "click_count": rng.integers(0, 20, n),  # the name says a quantity
+            "delta": rng.integers(-5, 5, n),  # negative values
+            "row": np.arange(n),  # one value per row
+            "price": rng.random(n),  # float
+        }
+    )
+    notes = []
+    schema = infer_schema(frame, notes=notes)
+    kinds = {f.name: f.kind for f in schema.features}
+    assert kinds == {
+        "item": "categorical",
+        "user_id": "categorical",
+        "click_count": "numeric",
+        "delta": "numeric",
+        "row": "numeric",
+        "price": "numeric",
+    }
+    assert any(line.startswith("item: ") and "-> categorical vocabulary" in line for line in notes)
+    assert any("click_count" in line and "name says a quantity (count)" in line for line in notes)
+    assert any("delta" in line and "negative values" in line for line in notes)
+    assert len(notes) == 5  # one line per integer column
+    # The old cap is still there for who wants it.
+    capped = infer_schema(frame, max_integer_cardinality=1000)
+    assert capped["item"].kind == "numeric" and capped["user_id"].kind == "categorical"

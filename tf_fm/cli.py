@@ -421,7 +421,11 @@ def build_parser():
         help="L2 on the embedding and first-order rows each example uses (default: 1e-5)",
     )
     fit = train.add_argument_group("training")
-    fit.add_argument("--epochs", type=int, default=10, help="most epochs (default: 10)")
+    fit.add_argument(
+        "--epochs",
+        type=int,
+        help="most epochs (default: 100 with --valid, where early stopping decides; 10 without)",
+    )
     fit.add_argument(
         "--batch-size", type=int, default=1024, help="rows per training step (default: 1024)"
     )

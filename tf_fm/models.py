@@ -1,4 +1,5 @@
-"""Functional FM and DeepFM builders, in the style of `keras.applications`."""
+"""Functional builders of the FM family (FM, DeepFM, HOFM, FwFM, NFM), in the style of
+`keras.applications`."""
 
 import dataclasses
 from collections.abc import Sequence
@@ -6,7 +7,14 @@ from collections.abc import Sequence
 import keras
 
 from tf_fm.features import Feature, field_config, weights_input_name
-from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias, PredictionHead
+from tf_fm.layers import (
+    AnovaInteraction,
+    FieldEmbedding,
+    FMInteraction,
+    FwFMInteraction,
+    GlobalBias,
+    PredictionHead,
+)
 from tf_fm.metrics import LogLoss
 from tf_fm.optimizers import LazyAdam
 from tf_fm.schema import FeatureSchema
@@ -109,24 +117,64 @@ def describe_model(model: keras.Model) -> ModelInfo:
     return ModelInfo(task=head.task, logit=head.input, output=model.outputs[0], tables=tables)
 
 
-def _field_embedding(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2):
+def _field_embedding(
+    fields, embedding_dim, out_of_range, embeddings_l2, linear_l2, name="field_embedding"
+):
     return FieldEmbedding(
         _fields_of(fields),
         embedding_dim=embedding_dim,
         out_of_range=out_of_range,
         embeddings_l2=embeddings_l2,
         linear_l2=linear_l2,
-        name="field_embedding",
+        name=name,
     )
 
 
-def _fm_terms(embedding):
-    """The FM part both builders share: named inputs, their embeddings, the pairwise term."""
+def _fm_terms(embedding, interaction=None):
+    """The FM part the builders share: named inputs, their embeddings, the pairwise term.
+
+    The pairwise term is `interaction` (default: `FMInteraction`) on the
+    embeddings and their squares, so it is exact over the ids of a
+    multi-valued field.
+    """
     inputs = model_inputs(embedding.fields)
     embedded = embedding(inputs)
-    interaction = FMInteraction(name="fm_interaction")
+    if interaction is None:
+        interaction = FMInteraction(name="fm_interaction")
     pairwise = interaction([embedded["embeddings"], embedded["squared_embeddings"]])
     return inputs, embedded, pairwise
+
+
+def _check_rate(name, value):
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1). Received: {name}={value}")
+
+
+def _check_dnn_units(dnn_units):
+    units = [int(u) for u in dnn_units]
+    if any(u <= 0 for u in units):
+        raise ValueError(f"`dnn_units` must be positive integers. Received: {units}")
+    return units
+
+
+def _dnn_layers(dnn_units, dnn_activation, dnn_dropout, dnn_batch_norm, regularizer):
+    """The hidden layers of a DNN: Dense [-> BatchNormalization] -> activation [-> Dropout]."""
+    hidden = []
+    for i, units in enumerate(dnn_units):
+        hidden.append(
+            keras.layers.Dense(
+                units,
+                use_bias=not dnn_batch_norm,
+                kernel_regularizer=regularizer,
+                name=f"dnn_dense_{i}",
+            )
+        )
+        if dnn_batch_norm:
+            hidden.append(keras.layers.BatchNormalization(name=f"dnn_batch_norm_{i}"))
+        hidden.append(keras.layers.Activation(dnn_activation, name=f"dnn_activation_{i}"))
+        if dnn_dropout:
+            hidden.append(keras.layers.Dropout(dnn_dropout, name=f"dnn_dropout_{i}"))
+    return hidden
 
 
 def FM(
@@ -239,29 +287,12 @@ def DeepFM(
         CTR Prediction", IJCAI 2017.
     """
     _check_task(task)
-    dnn_units = [int(u) for u in dnn_units]
-    if any(u <= 0 for u in dnn_units):
-        raise ValueError(f"`dnn_units` must be positive integers. Received: {dnn_units}")
-    if not 0.0 <= dnn_dropout < 1.0:
-        raise ValueError(f"`dnn_dropout` must be in [0, 1). Received: dnn_dropout={dnn_dropout}")
+    dnn_units = _check_dnn_units(dnn_units)
+    _check_rate("dnn_dropout", dnn_dropout)
     # === Layers ===
     embedding = _field_embedding(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2)
     regularizer = keras.regularizers.L2(dnn_l2) if dnn_l2 else None
-    hidden = []
-    for i, units in enumerate(dnn_units):
-        hidden.append(
-            keras.layers.Dense(
-                units,
-                use_bias=not dnn_batch_norm,
-                kernel_regularizer=regularizer,
-                name=f"dnn_dense_{i}",
-            )
-        )
-        if dnn_batch_norm:
-            hidden.append(keras.layers.BatchNormalization(name=f"dnn_batch_norm_{i}"))
-        hidden.append(keras.layers.Activation(dnn_activation, name=f"dnn_activation_{i}"))
-        if dnn_dropout:
-            hidden.append(keras.layers.Dropout(dnn_dropout, name=f"dnn_dropout_{i}"))
+    hidden = _dnn_layers(dnn_units, dnn_activation, dnn_dropout, dnn_batch_norm, regularizer)
     dnn_out = keras.layers.Dense(1, kernel_regularizer=regularizer, name="dnn_logit")
     bias = GlobalBias(name="logit")
     output = _output_layer(task)
@@ -272,6 +303,272 @@ def DeepFM(
     for layer in hidden:
         x = layer(x)
     logit = bias([embedded["linear"], pairwise, dnn_out(x)])
+    outputs = output(logit)
+
+    # === Config ===
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def _higher_order_terms(embedding, embedded, inputs, order, shared_embeddings):
+    """The ANOVA terms of orders 3..order: layers in, `(batch, 1)` tensors out."""
+    if order == 2:
+        return []
+    if shared_embeddings:  # one dynamic programme gives every order
+        anova = AnovaInteraction(order=order, min_order=3, name="anova_interaction")
+        return [anova(embedded["embeddings"])]
+    terms = []
+    for m in range(3, order + 1):
+        # One table per order (Blondel et al. 2016); only its factors are used.
+        table = FieldEmbedding(
+            embedding.fields,
+            embedding_dim=embedding.embedding_dim,
+            out_of_range=embedding.out_of_range,
+            embeddings_l2=embedding.embeddings_l2,
+            linear_l2=0.0,
+            name=f"field_embedding_{m}",
+        )
+        anova = AnovaInteraction(order=m, name=f"anova_interaction_{m}")
+        terms.append(anova(table(inputs)["embeddings"]))
+    return terms
+
+
+def HOFM(
+    fields: Fields,
+    order: int = 3,
+    embedding_dim: int = 10,
+    shared_embeddings: bool = False,
+    task: str = "binary",
+    out_of_range: str = "error",
+    embeddings_l2: float = 1e-5,
+    linear_l2: float = 1e-5,
+    name: str = "hofm",
+) -> keras.Model:
+    """Higher-order FM: y = w0 + sum_i w_i x_i + sum_{m=2..order} A^m(P^(m), x).
+
+    A^m is the ANOVA kernel of order m, the sum over all m-subsets of
+    features of prod x_i <v_i1, ..., v_im> (the elementwise product summed
+    over the k factors). Each order has its own factor table P^(m), as in
+    Blondel et al. (2016); with `shared_embeddings=True` every order reads
+    the one table of the FM.
+
+    * Order 2 is `FM`'s pairwise term (`FMInteraction` on the embeddings and
+      their squares): exact over all non-zero x_i, also inside a
+      multi-valued field. `HOFM(order=2)` is `FM`.
+    * Orders 3..order are `AnovaInteraction` on the per-field vectors, in
+      O(m F k) per example: the field-level kernel, which is the kernel over
+      features when each field has one non-zero x (categorical and numeric
+      fields); for a multi-valued field the subsets holding two or more of
+      its ids are left out (see `AnovaInteraction`).
+
+    Layers: `field_embedding` (the order-2 factors and the first-order
+    weights w), then per order m >= 3 `field_embedding_<m>` (its table's
+    weight column is unused) and `anova_interaction_<m>`; with shared
+    embeddings one `anova_interaction` for all orders 3..order (one pass of
+    the dynamic programme). Each table is a `tf_fm.tables` table, so the
+    sparse-row optimizers update only the rows of the batch in all of them.
+
+    Args:
+        fields: an adapted `FeatureSchema` or a list of features / field
+            dicts, as in `FM`.
+        order: int. The highest order, 2 <= order <= number of fields.
+            Defaults to 3 (FuxiCTR's HOFM default).
+        embedding_dim: int. Factor size k of every order. Defaults to 10.
+        shared_embeddings: bool. One factor table for all orders (the
+            paper's shared-parameter variant; FuxiCTR's `reuse_embedding`).
+            Defaults to False (one table per order, as in the paper).
+        task: str. `"binary"` or `"regression"`. Defaults to `"binary"`.
+        out_of_range: str. `"error"` or `"oov"`. Defaults to `"error"`.
+        embeddings_l2: float. L2 on the factor rows each example uses, in
+            every table. Defaults to 1e-5.
+        linear_l2: float. L2 on the first-order weights each example uses.
+            Defaults to 1e-5.
+        name: str. Model name. Defaults to `"hofm"`.
+
+    Returns:
+        A functional `keras.Model` taking a dict of named inputs.
+
+    Example:
+
+    >>> from tf_fm import CategoricalFeature
+    >>> model = HOFM([CategoricalFeature(c, encoding="integer", num_ids=10) for c in "abcd"],
+    ...              order=3)
+
+    References:
+        Blondel, Fujino, Ueda and Ishihata, "Higher-Order Factorization
+        Machines", NeurIPS 2016.
+        Rendle, "Factorization Machines", ICDM 2010.
+    """
+    _check_task(task)
+    field_dicts = _fields_of(fields)
+    if isinstance(order, bool) or not isinstance(order, int) or not 2 <= order <= len(field_dicts):
+        raise ValueError(
+            f"`order` must be an integer in [2, number of fields = {len(field_dicts)}]. "
+            f"Received: order={order!r}"
+        )
+    # === Layers ===
+    embedding = _field_embedding(field_dicts, embedding_dim, out_of_range, embeddings_l2, linear_l2)
+    bias = GlobalBias(name="logit")
+    output = _output_layer(task)
+
+    # === Functional Model ===
+    inputs, embedded, pairwise = _fm_terms(embedding)
+    higher = _higher_order_terms(embedding, embedded, inputs, order, shared_embeddings)
+    logit = bias([embedded["linear"], pairwise, *higher])
+    outputs = output(logit)
+
+    # === Config ===
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def FwFM(
+    fields: Fields,
+    embedding_dim: int = 10,
+    pair_weights_l2: float = 1e-5,
+    task: str = "binary",
+    out_of_range: str = "error",
+    embeddings_l2: float = 1e-5,
+    linear_l2: float = 1e-5,
+    name: str = "fwfm",
+) -> keras.Model:
+    """Field-weighted FM: y = w0 + sum_i w_i x_i + sum_{i<j} r_{F(i)F(j)} <v_i, v_j> x_i x_j.
+
+    One learned weight r per pair of fields (`FwFMInteraction`, an F x F
+    matrix initialised to 1, so training starts from the FM). The pairs are
+    all pairs of non-zero x_i of a row, as in `FM`; two ids of one
+    multi-valued field interact with their field's weight r_ff. The
+    first-order part is the per-feature weights w_i x_i, as in `FM` (the
+    paper's FwFM with an LR linear part; FuxiCTR's `linear_type="LW"`).
+
+    Args:
+        fields: an adapted `FeatureSchema` or a list of features / field
+            dicts, as in `FM`.
+        embedding_dim: int. Factor size k. Defaults to 10.
+        pair_weights_l2: float. L2 on the field-pair weights. Defaults to
+            1e-5 (DeepCTR's `l2_reg_field_strength`).
+        task: str. `"binary"` or `"regression"`. Defaults to `"binary"`.
+        out_of_range: str. `"error"` or `"oov"`. Defaults to `"error"`.
+        embeddings_l2: float. Defaults to 1e-5.
+        linear_l2: float. Defaults to 1e-5.
+        name: str. Model name. Defaults to `"fwfm"`.
+
+    Returns:
+        A functional `keras.Model` taking a dict of named inputs; the
+        weights are `model.get_layer("fwfm_interaction").pair_weights`.
+
+    Example:
+
+    >>> model = FwFM(schema)  # an adapted tf_fm.FeatureSchema
+
+    References:
+        Pan et al., "Field-weighted Factorization Machines for Click-Through
+        Rate Prediction in Display Advertising", WWW 2018.
+    """
+    _check_task(task)
+    # === Layers ===
+    embedding = _field_embedding(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2)
+    interaction = FwFMInteraction(pair_weights_l2=pair_weights_l2, name="fwfm_interaction")
+    bias = GlobalBias(name="logit")
+    output = _output_layer(task)
+
+    # === Functional Model ===
+    inputs, embedded, pairwise = _fm_terms(embedding, interaction)
+    logit = bias([embedded["linear"], pairwise])
+    outputs = output(logit)
+
+    # === Config ===
+    return keras.Model(inputs=inputs, outputs=outputs, name=name)
+
+
+def NFM(
+    fields: Fields,
+    embedding_dim: int = 10,
+    dnn_units: Sequence[int] = (64,),
+    dnn_activation: str = "relu",
+    dnn_dropout: float = 0.2,
+    bi_dropout: float = 0.5,
+    dnn_batch_norm: bool = True,
+    dnn_l2: float = 0.0,
+    task: str = "binary",
+    out_of_range: str = "error",
+    embeddings_l2: float = 1e-5,
+    linear_l2: float = 1e-5,
+    name: str = "nfm",
+) -> keras.Model:
+    """Neural FM: y = w0 + sum_i w_i x_i + h^T DNN(f_BI), f_BI = sum_{i<j} x_i v_i * x_j v_j.
+
+    The bi-interaction vector f_BI `(batch, k)` is `FMInteraction(reduce_sum=False)`
+    on the embeddings and their squares (all pairs of non-zero x_i, also
+    inside a multi-valued field); then batch normalization and dropout on
+    it, the hidden layers (Dense -> batch normalization -> activation ->
+    dropout), and the prediction weights h (a Dense of one unit without
+    bias: w0 is the model's bias). With no hidden layers and h = 1 it is
+    the FM.
+
+    Defaults are those of the authors' code (`hexiangnan/neural_factorization_machine`,
+    `NeuralFM.py`): one hidden layer of 64 (the paper: one hidden layer is
+    best), ReLU, batch normalization on, keep probabilities `[0.8, 0.5]`
+    (dropout 0.2 after the hidden layer, 0.5 on the bi-interaction vector).
+    The embedding size stays the package's 10 (the authors' code: 64).
+    DeepCTR's NFM defaults to `bi_dropout=0`, `dnn_dropout=0`, no batch
+    normalization and `(128, 128)` units; FuxiCTR's to `[64, 64, 64]`, no
+    dropout or batch normalization.
+
+    Args:
+        fields: an adapted `FeatureSchema` or a list of features / field
+            dicts, as in `FM`.
+        embedding_dim: int. Factor size k. Defaults to 10.
+        dnn_units: sequence of int. Hidden layer sizes; empty for none (the
+            paper's NFM-0). Defaults to `(64,)`.
+        dnn_activation: str. Hidden activation. Defaults to `"relu"`.
+        dnn_dropout: float. Dropout rate after each hidden layer. Defaults
+            to 0.2.
+        bi_dropout: float. Dropout rate on the bi-interaction vector.
+            Defaults to 0.5.
+        dnn_batch_norm: bool. Batch normalization on the bi-interaction
+            vector and before each hidden activation. Defaults to True.
+        dnn_l2: float. L2 on the DNN kernels and h. Defaults to 0.
+        task: str. `"binary"` or `"regression"`. Defaults to `"binary"`.
+        out_of_range: str. `"error"` or `"oov"`. Defaults to `"error"`.
+        embeddings_l2: float. Defaults to 1e-5.
+        linear_l2: float. Defaults to 1e-5.
+        name: str. Model name. Defaults to `"nfm"`.
+
+    Returns:
+        A functional `keras.Model` taking a dict of named inputs.
+
+    Example:
+
+    >>> model = NFM(schema)  # an adapted tf_fm.FeatureSchema
+
+    References:
+        He and Chua, "Neural Factorization Machines for Sparse Predictive
+        Analytics", SIGIR 2017.
+    """
+    _check_task(task)
+    dnn_units = _check_dnn_units(dnn_units)
+    _check_rate("dnn_dropout", dnn_dropout)
+    _check_rate("bi_dropout", bi_dropout)
+    # === Layers ===
+    embedding = _field_embedding(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2)
+    regularizer = keras.regularizers.L2(dnn_l2) if dnn_l2 else None
+    interaction = FMInteraction(reduce_sum=False, name="bi_interaction")
+    hidden = []
+    if dnn_batch_norm:
+        hidden.append(keras.layers.BatchNormalization(name="bi_batch_norm"))
+    if bi_dropout:
+        hidden.append(keras.layers.Dropout(bi_dropout, name="bi_dropout"))
+    hidden += _dnn_layers(dnn_units, dnn_activation, dnn_dropout, dnn_batch_norm, regularizer)
+    dnn_out = keras.layers.Dense(
+        1, use_bias=False, kernel_regularizer=regularizer, name="dnn_logit"
+    )
+    bias = GlobalBias(name="logit")
+    output = _output_layer(task)
+
+    # === Functional Model ===
+    inputs, embedded, x = _fm_terms(embedding, interaction)  # x: (batch, k)
+    for layer in hidden:
+        x = layer(x)
+    logit = bias([embedded["linear"], dnn_out(x)])
     outputs = output(logit)
 
     # === Config ===
@@ -327,17 +624,82 @@ def compile_model(
     return model
 
 
+MIN_DELTA = 1e-4  # smaller validation gains do not count as improvements
+MIN_LEARNING_RATE = 1e-6
+
+
+class BestEpochStopping(keras.callbacks.Callback):
+    """Early stopping that ends on the best epoch's weights, whatever ends training.
+
+    Like `keras.callbacks.EarlyStopping(restore_best_weights=True)`, with
+    three differences a training run to convergence needs:
+
+    * a gain smaller than `min_delta` is not an improvement (tiny gains at
+      a decayed learning rate do not keep a run going);
+    * training also stops at the first epoch without improvement once the
+      learning rate is at `min_lr` (nothing left to decay to);
+    * the best epoch's weights are restored at the end of training however
+      it ended (patience, the learning-rate floor, or the `epochs` cap),
+      not only when patience ran out.
+
+    Args:
+        monitor: str. The validation metric, e.g. `"val_auc"`.
+        mode: str. `"max"` or `"min"`.
+        patience: int. Epochs without improvement before stopping.
+        min_delta: float. Smallest change that counts as an improvement.
+        min_lr: float. The learning-rate floor (as `ReduceLROnPlateau`'s).
+    """
+
+    def __init__(self, monitor, mode, patience, min_delta=MIN_DELTA, min_lr=MIN_LEARNING_RATE):
+        super().__init__()
+        self.monitor, self.mode = monitor, mode
+        self.patience, self.min_delta, self.min_lr = patience, min_delta, min_lr
+
+    def on_train_begin(self, logs=None):
+        self.best, self.best_weights, self.best_epoch, self.wait = None, None, None, 0
+        self.last_epoch = None
+
+    def _improved(self, value):
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_epoch = epoch
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        if self.wait >= self.patience or rate <= self.min_lr * (1 + 1e-6):
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None and self.last_epoch != self.best_epoch:
+            self.model.set_weights(self.best_weights)
+
+
 def default_callbacks(
     task: str = "binary", patience: int = 2, backup_dir: str | None = None
 ) -> list[keras.callbacks.Callback]:
     """The training loop of the BARS benchmark as Keras callbacks, for `model.fit`.
 
-    Pass them with `validation_data`:
+    Pass them with `validation_data` and a generous `epochs` (BARS: up to
+    100; `tf_fm.train` uses 100): the callbacks decide when to stop.
 
     * `ReduceLROnPlateau`: learning rate x0.1 after an epoch in which the
-      validation metric did not improve (BARS / FuxiCTR: factor 0.1, patience 1);
-    * `EarlyStopping`: stop after `patience` epochs without improvement and
-      keep the best epoch's weights (BARS: patience 2);
+      validation metric did not improve by `MIN_DELTA` (BARS / FuxiCTR:
+      factor 0.1, patience 1), down to `MIN_LEARNING_RATE`;
+    * `BestEpochStopping`: stop after `patience` epochs without an
+      improvement of `MIN_DELTA` (BARS: patience 2), or at the first one
+      once the learning rate is at its floor, and end on the best epoch's
+      weights;
     * with `backup_dir`, `keras.callbacks.BackupAndRestore(backup_dir)`: the
       model and optimizer state after every epoch, so an interrupted `fit`
       with the same callbacks resumes from the last finished epoch.
@@ -361,7 +723,7 @@ def default_callbacks(
 
     Example:
 
-    >>> model.fit(train, validation_data=valid, epochs=50,
+    >>> model.fit(train, validation_data=valid, epochs=100,
     ...           callbacks=tf_fm.default_callbacks())
     """
     _check_task(task)
@@ -370,11 +732,14 @@ def default_callbacks(
     monitor, mode = ("val_auc", "max") if task == "binary" else ("val_rmse", "min")
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor, mode=mode, factor=0.1, patience=1, min_lr=1e-6
+            monitor=monitor,
+            mode=mode,
+            factor=0.1,
+            patience=1,
+            min_delta=MIN_DELTA,
+            min_lr=MIN_LEARNING_RATE,
         ),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=patience, restore_best_weights=True
-        ),
+        BestEpochStopping(monitor, mode, patience),
     ]
     if backup_dir is not None:
         callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))

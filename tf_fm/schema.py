@@ -41,6 +41,7 @@ import json
 import math
 import os
 import pathlib
+import re
 from collections.abc import Sequence
 
 import keras
@@ -855,20 +856,65 @@ class FeatureSchema:
 # === Inference ===
 
 
+# Name tokens that say an integer column counts or measures something.
+QUANTITY_WORDS = frozenset(
+    "count counts cnt num number amount price cost qty quantity total sum duration "
+    "seconds secs minutes mins hours days length len size distance income salary "
+    "views clicks impressions timestamp time ts".split()
+)
+
+
+def _name_tokens(name):
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)  # camelCase -> camel Case
+    return set(re.split(r"[^a-z0-9]+", spaced.lower())) - {""}
+
+
+def _integer_quantity_evidence(name, values, max_integer_cardinality):
+    """Why an integer column is a quantity rather than an id, or None (an id)."""
+    words = sorted(_name_tokens(name) & QUANTITY_WORDS)
+    if words:
+        return f"its name says a quantity ({', '.join(words)})"
+    present = values.dropna()
+    if len(present) and present.min() < 0:
+        return f"negative values (min {present.min()})"
+    distinct = present.nunique()
+    if len(present) >= 100 and distinct > 0.9 * len(present):
+        return f"{distinct:,} distinct values in {len(present):,} rows (a row id or a measurement)"
+    if max_integer_cardinality is not None and distinct > max_integer_cardinality:
+        return f"{distinct:,} distinct values > max_integer_cardinality={max_integer_cardinality}"
+    return None
+
+
+def _numeric_feature(name, values):
+    numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    finite = numbers[np.isfinite(numbers)]
+    default = None
+    if len(finite) < len(numbers):
+        default = float(finite.mean()) if len(finite) else 0.0
+    return NumericFeature(name, transform="standardize", default=default)
+
+
 def infer_feature(
     name: str,
     values: pd.Series,
     separator: str | None = None,
-    max_integer_cardinality: int = 1000,
+    max_integer_cardinality: int | None = None,
+    notes: list | None = None,
 ) -> Feature:
     """The one rule that decides a column's kind (`infer_schema`, `read_dataframe`, the CLI).
 
-    * booleans, and integers with at most `max_integer_cardinality`
-      distinct values: `CategoricalFeature` (raw values read as strings,
-      so a DataFrame, a CSV file and a served request give the same ids);
-    * other integers and floats: `NumericFeature(transform="standardize")`,
-      `default` = the mean of the finite values when some are missing (NaN,
-      or a literal inf), no default otherwise;
+    * booleans: `CategoricalFeature`;
+    * integers: ids, `CategoricalFeature` (a learned vocabulary with OOV,
+      raw values read as strings, so a DataFrame, a CSV file and a served
+      request give the same ids), unless there is evidence of a quantity:
+      a name token such as `count`, `price`, `duration`, `timestamp`
+      (`QUANTITY_WORDS`), negative values, distinct values in more than
+      90% of the rows (a row id or a measurement), or more than
+      `max_integer_cardinality` distinct values when that is set; then
+      numeric as floats are;
+    * floats: `NumericFeature(transform="standardize")`, `default` = the
+      mean of the finite values when some are missing (NaN, or a literal
+      inf), no default otherwise;
     * strings: `MultiValuedFeature(separator=separator)` if `separator` is
       given and some value contains it, else `CategoricalFeature`.
 
@@ -876,23 +922,27 @@ def infer_feature(
         name: str. The column's name.
         values: `pandas.Series`, the column (or a sample of it).
         separator: str or None. Separator of multi-valued strings.
-        max_integer_cardinality: int. Most distinct values of an integer
-            column inferred categorical. Defaults to 1000.
+        max_integer_cardinality: int or None. If set, integer columns with
+            more distinct values are numeric. Defaults to None.
+        notes: list or None. Receives one line per integer column saying
+            what it became and why (`item: 4,082 distinct integers ->
+            categorical vocabulary`).
 
     Returns:
         A feature declaration (not adapted).
     """
     if pd.api.types.is_bool_dtype(values):
         return CategoricalFeature(name)
-    if pd.api.types.is_integer_dtype(values) and values.nunique() <= max_integer_cardinality:
-        return CategoricalFeature(name)
+    if pd.api.types.is_integer_dtype(values):
+        evidence = _integer_quantity_evidence(name, values, max_integer_cardinality)
+        distinct = f"{values.nunique():,} distinct integers"
+        if evidence is None:
+            _note(notes, f"{name}: {distinct} -> categorical vocabulary (an id)")
+            return CategoricalFeature(name)
+        _note(notes, f"{name}: {distinct} -> numeric (standardized): {evidence}")
+        return _numeric_feature(name, values)
     if pd.api.types.is_numeric_dtype(values):
-        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        finite = numbers[np.isfinite(numbers)]
-        default = None
-        if len(finite) < len(numbers):
-            default = float(finite.mean()) if len(finite) else 0.0
-        return NumericFeature(name, transform="standardize", default=default)
+        return _numeric_feature(name, values)
     if pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
         strings = values.dropna().astype(str)
         if separator is not None and strings.str.contains(separator, regex=False).any():
@@ -902,6 +952,11 @@ def infer_feature(
         f"Column '{name}' has dtype {values.dtype}, which infer_schema cannot map; "
         "declare it in `overrides` or `exclude` it."
     )
+
+
+def _note(notes, line):
+    if notes is not None:
+        notes.append(line)
 
 
 def raw_column_type(feature: Feature) -> str:
@@ -915,20 +970,22 @@ def infer_schema(
     data: "pd.DataFrame | str",
     label: str | None = None,
     separator: str | None = None,
-    max_integer_cardinality: int = 1000,
+    max_integer_cardinality: int | None = None,
     overrides: dict | None = None,
     exclude: Sequence[str] = (),
     sample_rows: int = 100_000,
+    notes: list | None = None,
 ) -> "FeatureSchema":
     """Proposes a `FeatureSchema` from a pandas DataFrame or a CSV sample.
 
     Per column (the label and `exclude` left out, `overrides` first), the
-    rule of `infer_feature`: booleans and integers with few values are
-    categorical (read as strings), other numbers standardized numeric,
-    strings categorical or multi-valued.
+    rule of `infer_feature`: booleans and integer ids are categorical (read
+    as strings), integers with evidence of a quantity and floats
+    standardized numeric, strings categorical or multi-valued.
 
-    The proposal is a starting point: ids with many distinct values (a user
-    id) become numeric under these rules; declare them in `overrides`.
+    The proposal is a starting point: check the integer columns' lines in
+    `notes`, and declare a column in `overrides` where the rule guessed
+    wrong.
 
     Args:
         data: `pandas.DataFrame`, or path of a CSV file (its first
@@ -937,12 +994,14 @@ def infer_schema(
             Defaults to None.
         separator: str or None. Separator of multi-valued string columns;
             None never infers multi-valued. Defaults to None.
-        max_integer_cardinality: int. Most distinct values an integer
-            column can have to be inferred categorical. Defaults to 1000.
+        max_integer_cardinality: int or None. If set, integer columns with
+            more distinct values are numeric. Defaults to None.
         overrides: dict or None. Column name -> feature declaration used
             as is (None drops the column). Defaults to None.
         exclude: sequence of str. Columns to leave out. Defaults to `()`.
         sample_rows: int. Rows read from a CSV path. Defaults to 100000.
+        notes: list or None. Receives one line per integer column: what it
+            became and why. Defaults to None.
 
     Returns:
         A `FeatureSchema` (not adapted), features in column order.
@@ -975,6 +1034,7 @@ def infer_schema(
                 frame[column],
                 separator=separator,
                 max_integer_cardinality=max_integer_cardinality,
+                notes=notes,
             )
         )
     return FeatureSchema(features, label=label)

@@ -55,6 +55,9 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 BACKUP_DIR = "backup"
 MODELS = ("fm", "deepfm")
+# Most epochs of a run with validation files: the BARS protocol's cap; early
+# stopping (`default_callbacks`) ends the run long before on real data.
+EPOCHS_WITH_VALIDATION = 100
 
 Log = Callable[[str], None]
 
@@ -195,7 +198,9 @@ class TrainSettings:
     """How a run trains.
 
     Args:
-        epochs: int. Most epochs. Defaults to 10.
+        epochs: int or None. Most epochs. None: 100 with validation files
+            (early stopping decides, as in the BARS protocol), 10 without.
+            Defaults to None.
         batch_size: int. Rows per step. Defaults to 1024.
         patience: int. Epochs without validation gain before stopping.
             Defaults to 2.
@@ -205,7 +210,7 @@ class TrainSettings:
             (counted). Defaults to `"raise"`.
     """
 
-    epochs: int = 10
+    epochs: int | None = None
     batch_size: int = 1024
     patience: int = 2
     seed: int = 0
@@ -215,6 +220,8 @@ class TrainSettings:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "shuffle_buffer"):
             value = getattr(self, name)
+            if name == "epochs" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a positive integer. Received: {value!r}")
         if self.on_error not in ("raise", "skip"):
@@ -458,7 +465,13 @@ def _run_schema(spec, files, valid_files, schema, out, resuming, inference, on_e
         if spec.format in ("libsvm", "libffm"):
             log(f"Scanning {len(files) + len(valid_files)} file(s) for ids and row lengths ...")
             files = files + valid_files  # every id must have a row
-        schema, source = formats.infer_format_schema(spec, files, **inference), "inferred"
+        notes = []
+        schema = formats.infer_format_schema(spec, files, notes=notes, **inference)
+        source = "inferred"
+        if notes:
+            log("Schema inference, integer columns (override with categorical= / numeric=):")
+        for line in notes:  # what each integer column became, and why
+            log(f"  {line}")
     if spec.format in ("libsvm", "libffm") and spec.max_length is None:
         spec.max_length = schema.features[0].max_length
     if spec.format == "csv" and spec.column_types is None:
@@ -565,6 +578,8 @@ def train(
         The `Run`.
     """
     model_options, settings = _options(model, settings, options)
+    if settings.epochs is None:
+        settings = dataclasses.replace(settings, epochs=EPOCHS_WITH_VALIDATION if valid else 10)
     spec = formats.DataSpec(format, task, label, delimiter, separator)
     out = pathlib.Path(output or f"runs/{model_options.model}")
     files = formats.resolve_files(data, "data")

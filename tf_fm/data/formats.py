@@ -199,7 +199,7 @@ def _tune(feature, values, min_count):
     return feature
 
 
-def _frame_schema(frame, label, separator, min_count, categorical, numeric):
+def _frame_schema(frame, label, separator, min_count, categorical, numeric, notes=None):
     """`infer_schema` on a sample, `categorical` / `numeric` forcing a column's kind."""
     missing = sorted((set(categorical) | set(numeric)) - set(frame.columns))
     if missing:
@@ -209,14 +209,12 @@ def _frame_schema(frame, label, separator, min_count, categorical, numeric):
         frame[name] = frame[name].astype("string")
     for name in numeric:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
-    schema = schema_lib.infer_schema(
-        frame, label=label, separator=separator, max_integer_cardinality=1000
-    )
+    schema = schema_lib.infer_schema(frame, label=label, separator=separator, notes=notes)
     features = [_tune(f, frame[f.name], min_count) for f in schema.features]
     return schema_lib.FeatureSchema(features, label=label)
 
 
-def _csv_schema(spec, files, min_count, categorical, numeric):
+def _csv_schema(spec, files, min_count, categorical, numeric, notes):
     try:
         frame = pd.read_csv(files[0], sep=spec.delimiter, nrows=SAMPLE_ROWS)
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
@@ -225,7 +223,9 @@ def _csv_schema(spec, files, min_count, categorical, numeric):
         raise UsageError(
             f"{files[0]}: no column '{spec.label}' (--label); columns: {list(frame.columns)}"
         )
-    schema = _frame_schema(frame, spec.label, spec.separator, min_count, categorical, numeric)
+    schema = _frame_schema(
+        frame, spec.label, spec.separator, min_count, categorical, numeric, notes
+    )
     spec.column_types = {f.name: schema_lib.raw_column_type(f) for f in schema.features}
     return schema
 
@@ -249,12 +249,14 @@ def _tfrecord_frame(spec, files):
     return pd.DataFrame(frame)
 
 
-def _tfrecord_schema(spec, files, min_count, categorical, numeric):
+def _tfrecord_schema(spec, files, min_count, categorical, numeric, notes):
     frame = _tfrecord_frame(spec, files)
     # int64 columns stay int64 ids (the shards' type), unless forced numeric.
     ints = [n for n in frame.columns if pd.api.types.is_integer_dtype(frame[n])]
     ints = [n for n in ints if n not in numeric]
-    rest = _frame_schema(frame.drop(columns=ints), None, None, min_count, categorical, numeric)
+    rest = _frame_schema(
+        frame.drop(columns=ints), None, None, min_count, categorical, numeric, notes
+    )
     declared = {f.name: f for f in rest.features}
     declared.update({n: CategoricalFeature(n, dtype="int64", min_count=min_count) for n in ints})
     return schema_lib.FeatureSchema([declared[n] for n in frame.columns])
@@ -267,6 +269,7 @@ def infer_format_schema(
     min_count: int = 2,
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
+    notes: list | None = None,
 ) -> schema_lib.FeatureSchema:
     """The default `FeatureSchema` of a format (not adapted).
 
@@ -281,6 +284,8 @@ def infer_format_schema(
         min_count: int. Fewest occurrences of a vocabulary value. Defaults
             to 2.
         categorical, numeric: columns (`csv`, `tfrecord`) forced to that kind.
+        notes: list or None. Receives the inference's one-line decisions
+            about integer columns (`tf_fm.schema.infer_feature`).
 
     Returns:
         A `FeatureSchema`.
@@ -303,5 +308,5 @@ def infer_format_schema(
         spec.max_length = feature.max_length
         return schema_lib.FeatureSchema([feature])
     if spec.format == "csv":
-        return _csv_schema(spec, files, min_count, categorical, numeric)
-    return _tfrecord_schema(spec, files, min_count, categorical, numeric)
+        return _csv_schema(spec, files, min_count, categorical, numeric, notes)
+    return _tfrecord_schema(spec, files, min_count, categorical, numeric, notes)
