@@ -182,8 +182,9 @@ def test_resume_after_interruption(criteo_files, tmp_path, monkeypatch):
     assert seen == [2, 3]  # epochs 3 and 4 only: resumed after the second
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 4
     assert (out / "model.keras").is_file() and not (out / "backup").exists()
-    # A finished run is not overwritten by accident.
-    assert cli.main(args) == 2
+    # The identical command again finds the finished run; other settings need --overwrite.
+    assert cli.main(args) == 0
+    assert cli.main([*args, "--seed", "1"]) == 2
 
 
 def _csv(tmp_path):

@@ -26,7 +26,7 @@ import warnings
 import tf_fm
 from tf_fm import _console
 from tf_fm.data.catalog import FORMATS
-from tf_fm.errors import UsageError
+from tf_fm.errors import UsageError, readable_message
 
 
 def _say(*parts):
@@ -511,11 +511,6 @@ def _quiet(verbose):
             logging.getLogger("tensorflow").setLevel(level)
 
 
-def _first_line_of(error):
-    text = str(getattr(error, "message", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _is_data_error(error):
     """An error of the data or the model (exit code 1): ours, or TensorFlow's op errors."""
     if isinstance(error, (FileNotFoundError, FileExistsError, ValueError)):
@@ -550,5 +545,5 @@ def main(argv=None):
     except Exception as error:
         if not _is_data_error(error):
             raise
-        print(f"{prefix} {_first_line_of(error)}", file=sys.stderr)
+        print(f"{prefix} {readable_message(error)}", file=sys.stderr)
         return 1

@@ -13,9 +13,14 @@ validation files are given, and writes the run directory:
       history.json    per-epoch logs, one entry per finished epoch
       metrics.json    validation metrics, epochs run, time
       backup/         Keras BackupAndRestore state while training
+      .lock           held by the training process (one writer per directory)
 
 Calling `train` again with the same `output` after an interruption resumes
-from the last finished epoch. `Run.load(path)` opens a finished run:
+from the last finished epoch; calling it again after it finished, with the
+same data and settings, returns the finished run (so a rerun of an
+interrupted `tf-fm train --export` goes on with the export, and
+`Run.export` finds a version it already published). A malformed line in a
+validation file stops the run before training starts. `Run.load(path)` opens a finished run:
 `run.model()`, `run.schema`, `run.history`, `run.metrics`,
 `run.evaluate(files)`, `run.predict(files)`, `run.export(dir)`.
 
@@ -28,6 +33,7 @@ Example:
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
@@ -54,6 +60,7 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 BACKUP_DIR = "backup"
+LOCK_FILE = ".lock"
 MODELS = ("fm", "deepfm")
 # Most epochs of a run with validation files: the BARS protocol's cap; early
 # stopping (`default_callbacks`) ends the run long before on real data.
@@ -259,6 +266,7 @@ def export_model(
     version: int | None = None,
     overwrite: bool = False,
     log: Log = _say,
+    source: dict | None = None,
 ) -> pathlib.Path:
     """Exports a trained model as a verified TF Serving version and says what it wrote.
 
@@ -274,6 +282,8 @@ def export_model(
         version: int or None. Version number; None takes the next free one.
         overwrite: bool. Replace `version` if it exists. Defaults to False.
         log: callable printing one line. Defaults to `print`.
+        source: dict or None. Where the model comes from (kept in the
+            export's metadata). Defaults to None.
 
     Returns:
         The published version directory.
@@ -298,6 +308,7 @@ def export_model(
         warmup_rows=warmup,
         version=version,
         overwrite=overwrite and version is not None,
+        source=source,
     )
     report = export_lib.read_metadata(path).get("verification", {})
     worst = max(report.get("max_abs_diff", {}).values(), default=0.0)
@@ -312,6 +323,18 @@ class Evaluation:
     scores: dict
     labels: np.ndarray
     predictions: np.ndarray
+
+
+def _published_version(export_dir, source):
+    """The version of `export_dir` exported from `source`, or None."""
+    for version in reversed(export_lib.list_versions(export_dir)):
+        path = pathlib.Path(export_dir) / str(version)
+        try:
+            if export_lib.read_metadata(path).get("source") == source:
+                return path
+        except (FileNotFoundError, ValueError):
+            continue
+    return None
 
 
 class Run:
@@ -416,6 +439,12 @@ class Run:
                 Defaults to the run's validation files, else its data files.
             version, overwrite, log: as in `export_model`.
         """
+        source = self._source()
+        if version is None:
+            published = _published_version(export_dir, source)
+            if published is not None:
+                log(f"{published} already holds this run's model (same model file): kept.")
+                return published
         if sample is None:
             sample = [f for f in self.files["valid"] or self.files["data"] if os.path.isfile(f)]
             if not sample:
@@ -423,8 +452,13 @@ class Run:
         rows = self.read(sample, batch_size=1000, on_error=self._on_error)
         scores = self.metrics.get("valid")
         return export_model(
-            self.model(), self.schema, export_dir, rows, scores, version, overwrite, log
+            self.model(), self.schema, export_dir, rows, scores, version, overwrite, log, source
         )
+
+    def _source(self) -> dict:
+        """The run and its model file's SHA-256: what an export of this run records."""
+        digest = hashlib.sha256((self.path / MODEL_FILE).read_bytes()).hexdigest()
+        return {"run": str(self.path.resolve()), "model_sha256": digest}
 
     @property
     def _on_error(self) -> str:
@@ -432,6 +466,53 @@ class Run:
 
 
 # === train ===
+
+
+class RunLock:
+    """One writer per run directory: an exclusive lock on `<run>/.lock` while training.
+
+    A second `train` on the same directory (another process, or the same
+    command started twice) fails at once with a `UsageError` naming the
+    process that holds it; the lock goes with its process, also when that
+    process is killed. POSIX `flock`; where it is missing (Windows) no lock
+    is taken.
+
+    Args:
+        path: the run directory (created if missing).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path)
+        self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform
+            return self
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UsageError(
+                f"{self.path} is in use by another training (pid {holder}); wait for it to "
+                "finish or choose another output directory"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing releases the lock
+            self._handle = None
 
 
 def _open_output(out, overwrite):
@@ -584,18 +665,83 @@ def train(
     out = pathlib.Path(output or f"runs/{model_options.model}")
     files = formats.resolve_files(data, "data")
     valid_files = formats.resolve_files(valid, "valid") if valid else []
-    resuming = _open_output(out, overwrite)
-    keras.utils.set_random_seed(settings.seed)
     inference = {"min_count": min_count, "categorical": categorical, "numeric": numeric}
-    schema = _run_schema(
-        spec, files, valid_files, schema, out, resuming, inference, settings.on_error, log
-    )
-    recorded = {**dataclasses.asdict(settings), "data": _absolute(files)}
-    recorded["valid"] = _absolute(valid_files)
-    run_config = {"data": spec.to_dict(), "model": model_options.model, "settings": recorded}
-    run_config["model_options"] = dataclasses.asdict(model_options)
-    write_json(out / RUN_FILE, run_config)
+    request = _request(spec, files, valid_files, schema, inference, model_options, settings)
+    with RunLock(out):
+        if _finished(out, request, overwrite):
+            log(f"{out} already holds this run, trained with the same data and settings.")
+            return Run(out)
+        resuming = _open_output(out, overwrite)
+        keras.utils.set_random_seed(settings.seed)
+        schema = _run_schema(
+            spec, files, valid_files, schema, out, resuming, inference, settings.on_error, log
+        )
+        write_json(out / RUN_FILE, _run_config(spec, model_options, settings, request))
+        _train_and_report(
+            out,
+            spec,
+            schema,
+            files,
+            valid_files,
+            model_options,
+            settings,
+            resuming,
+            plots,
+            log,
+            verbose,
+        )
+    return Run(out)
 
+
+def _request(spec, files, valid_files, schema, inference, model_options, settings):
+    """What a `train` call asks for, as JSON: an identical call finds its finished run."""
+    if isinstance(schema, FeatureSchema):
+        schema = schema.to_dict()
+    elif schema is not None:
+        schema = os.path.abspath(schema)
+    request = {
+        "data": spec.to_dict(),
+        "files": _absolute(files),
+        "valid": _absolute(valid_files),
+        "schema": schema,
+        "inference": inference,
+        "model_options": dataclasses.asdict(model_options),
+        "settings": dataclasses.asdict(settings),
+    }
+    return json.loads(json.dumps(request))
+
+
+def _run_config(spec, model_options, settings, request):
+    recorded = {**dataclasses.asdict(settings), "data": request["files"]}
+    recorded["valid"] = request["valid"]
+    config = {"data": spec.to_dict(), "model": model_options.model, "settings": recorded}
+    config.update(model_options=dataclasses.asdict(model_options), request=request)
+    return config
+
+
+def _finished(out, request, overwrite):
+    """Whether `out` holds a finished run of exactly this request (a rerun: nothing to do)."""
+    if overwrite or not (out / MODEL_FILE).is_file() or not (out / METRICS_FILE).is_file():
+        return False
+    if not (out / RUN_FILE).is_file():
+        return False
+    return read_json(out / RUN_FILE, "run file").get("request") == request
+
+
+def _check_validation_files(spec, valid_files, on_error, log):
+    """Reads the validation files once, so a malformed line stops the run before training."""
+    if not valid_files or on_error == "skip":
+        return
+    log(f"Checking {len(valid_files)} validation file(s) ...")
+    for _ in formats.read_files(spec, valid_files, batch_size=4096, on_error=on_error):
+        pass
+
+
+def _train_and_report(
+    out, spec, schema, files, valid_files, model_options, settings, resuming, plots, log, verbose
+):
+    """Fits, saves the model, writes metrics.json (and plots): the run after its schema."""
+    _check_validation_files(spec, valid_files, settings.on_error, log)
     report = ReadReport() if settings.on_error == "skip" else None
 
     def pipeline(paths, shuffle):
@@ -612,6 +758,7 @@ def train(
 
     train_data = pipeline(files, shuffle=True)
     valid_data = pipeline(valid_files, shuffle=False) if valid_files else None
+    task = spec.task
     keras_model = model_options.build(schema, task)
     log(f"Training {model_options.model} for at most {settings.epochs} epochs ...")
     start = time.monotonic()
@@ -628,7 +775,6 @@ def train(
             plots, history=history, labels=labels, predictions=predictions, task=task
         )
         log(f"Plots: {', '.join(str(p) for p in paths.values())}")
-    return Run(out)
 
 
 def _absolute(files):

@@ -78,6 +78,7 @@ def build_metadata(
     warmup_rows: int,
     sample_rows: int,
     sample_is_synthetic: bool,
+    source: Mapping | None = None,
 ) -> dict:
     """The `tf_fm.json` of a version, without its `verification` report.
 
@@ -90,6 +91,8 @@ def build_metadata(
         warmup_rows: the number of warm-up records written.
         sample_rows: rows of the verification sample.
         sample_is_synthetic: the sample was made from the schema.
+        source: dict or None. Where the model comes from (a run directory
+            and its model file's hash), so a rerun can find its export.
     """
     return {
         "format": METADATA_FORMAT,
@@ -118,6 +121,7 @@ def build_metadata(
         },
         "sample_rows": sample_rows,
         "sample_is_synthetic": sample_is_synthetic,
+        "source": _clean_json(source or {}),
     }
 
 

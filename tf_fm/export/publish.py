@@ -2,9 +2,11 @@
 
 A model's base directory (`saved_models/<name>`, TF Serving's
 `--model_base_path`) holds one directory per version, all digits. A new
-version is written to a hidden sibling (`.tmp-<version>-...`, which TF
+version is written to a hidden sibling (`.tmp-<version>-<pid>-...`, which TF
 Serving ignores), verified there, and published by one `rename`; on any
-failure the staging directory is removed and nothing is published.
+failure the staging directory is removed and nothing is published. A
+process killed mid-export cannot clean up: the next export removes staging
+directories whose process is gone.
 """
 
 import os
@@ -34,6 +36,37 @@ from tf_fm.export.verification import verify
 from tf_fm.schema import FeatureSchema
 
 _VERSION_RE = re.compile(r"[0-9]+")
+
+
+_STAGING_RE = re.compile(r"\.tmp-[0-9]+-([0-9]+)-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(export_dir: str | os.PathLike) -> list[pathlib.Path]:
+    """Removes the staging directories of exports whose process is gone (killed).
+
+    A staging directory is named `.tmp-<version>-<pid>-<random>`; one whose
+    process is alive is never touched (another export is writing it).
+
+    Returns:
+        The directories removed.
+    """
+    removed = []
+    for path in pathlib.Path(export_dir).glob(".tmp-*"):
+        match = _STAGING_RE.match(path.name)
+        if path.is_dir() and match and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def list_versions(export_dir: str | os.PathLike) -> list[int]:
@@ -156,6 +189,7 @@ def export_saved_model(
     warmup_rows: int = 10,
     task: str | None = None,
     atol: float = 1e-5,
+    source: Mapping | None = None,
 ) -> pathlib.Path:
     """Exports a trained FM / DeepFM for TF Serving as `export_dir/<version>/`, verified.
 
@@ -189,6 +223,11 @@ def export_saved_model(
             (its `PredictionHead`); required for another Keras model, whose
             logit is then `log(p) - log1p(-p)` of its output. Defaults to None.
         atol: float. Verification tolerance. Defaults to 1e-5.
+        source: dict or None. Where the model comes from, kept in
+            `tf_fm.json` as `source` (`tf_fm.training` records the run
+            directory and the model file's SHA-256, so rerunning an
+            interrupted `tf-fm train --export` finds the version it already
+            published). Defaults to None.
 
     Returns:
         `pathlib.Path` of the published version directory.
@@ -210,11 +249,15 @@ def export_saved_model(
     export_dir = pathlib.Path(export_dir)
     version, target = _target(export_dir, version, overwrite)
     columns, expected = _sample_columns(servable, sample)
-    metadata_args = dict(model_name=export_dir.name, version=version, metrics=metrics)
+    metadata_args = dict(
+        model_name=export_dir.name, version=version, metrics=metrics, source=source
+    )
     metadata_args.update(sample_rows=num_rows(columns), sample_is_synthetic=sample is None)
     export_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(export_dir)
     # A hidden sibling: TF Serving only loads all-digit names, so it never sees it.
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir))
+    prefix = f".tmp-{version}-{os.getpid()}-"
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=export_dir))
     try:
         _write_version(staging, servable, columns, expected, metadata_args, warmup_rows, atol)
         _publish(staging, target, overwrite)

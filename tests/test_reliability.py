@@ -1,0 +1,145 @@
+"""Bad inputs end in one clear line; interrupted commands rerun to completion; one writer."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_fm
+from tf_fm import cli, training
+from tf_fm.errors import UsageError, readable_message
+from tf_fm.export import publish
+
+
+def _libsvm(path, n=200, bad_line=None, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n):
+        ids = sorted(rng.choice(30, size=rng.integers(1, 4), replace=False))
+        lines.append(f"{int(rng.random() < 0.4)} " + " ".join(f"{i}:1" for i in ids))
+    if bad_line is not None:
+        lines[bad_line[0] - 1] = bad_line[1]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _train(data, out, *extra, valid=None):
+    args = ["train", "--data", data, "--format", "libsvm", "--model", "fm", "--epochs", "2"]
+    args += ["--output", str(out), *(["--valid", valid] if valid else []), *extra]
+    return cli.main(args)
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("1 3:1 6:abc", "entry 2 `6:abc` is not idx:val"),
+        ("1 -4:1", "is not idx:val"),
+        ("abc 3:1", "label"),
+        ("1 3", "is not idx:val"),
+    ],
+)
+def test_libsvm_malformed_line_is_one_line_with_file_and_line(tmp_path, capsys, line, reason):
+    data = _libsvm(tmp_path / "train.txt", bad_line=(7, line))
+    assert _train(data, tmp_path / "run") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "train.txt:7: " in err and reason in err, err
+    assert "Graph execution error" not in err and "function_node" not in err
+
+
+def test_malformed_validation_line_stops_before_training(tmp_path, capsys):
+    data = _libsvm(tmp_path / "train.txt")
+    valid = _libsvm(tmp_path / "valid.txt", bad_line=(3, "1 2:x"), seed=1)
+    assert _train(data, tmp_path / "run", valid=valid) == 1
+    captured = capsys.readouterr()
+    assert "valid.txt:3: " in captured.err
+    assert "Training fm" not in captured.out  # no epoch ran first
+    assert not (tmp_path / "run" / "history.json").exists()
+
+
+def test_epochs_zero_is_a_usage_error(tmp_path, capsys):
+    data = _libsvm(tmp_path / "train.txt")
+    assert _train(data, tmp_path / "run", "--epochs", "0") == 2
+    assert "epochs must be a positive integer" in capsys.readouterr().err
+
+
+def test_invalid_schema_files_are_named(tmp_path, capsys):
+    frame_path = tmp_path / "train.csv"
+    frame_path.write_text("label,a\n1,x\n0,y\n")
+    bad = tmp_path / "schema.json"
+    bad.write_text('{"format": "tf_fm.FeatureSchema", "features": [')
+    args = ["train", "--data", str(frame_path), "--format", "csv", "--schema", str(bad)]
+    assert cli.main([*args, "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad} is not a valid schema file" in err and err.count("\n") == 1
+
+
+def test_ragged_csv_at_inference_names_the_file(tmp_path, capsys):
+    path = tmp_path / "train.csv"
+    path.write_text("label,a,b\n1,x,2\n0,y,3,4\n")
+    args = ["train", "--data", str(path), "--format", "csv", "--output", str(tmp_path / "r")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "Expected 3 fields" in err
+
+
+def test_corrupted_run_schema_before_predict_is_named(tmp_path, capsys):
+    data = _libsvm(tmp_path / "train.txt")
+    out = tmp_path / "run"
+    assert _train(data, out) == 0
+    (out / "schema.json").write_text("{ not json")
+    target = str(tmp_path / "p.csv")
+    assert cli.main(["predict", str(out), "--data", data, "--output", target]) == 2
+    assert f"{out / 'schema.json'} is not a valid schema file" in capsys.readouterr().err
+
+
+def test_rerun_of_a_finished_run_goes_on_with_the_export(tmp_path, capsys):
+    """`kill -9` during the export step, then the identical command: it exports, once."""
+    data = _libsvm(tmp_path / "train.txt")
+    out, export_dir = tmp_path / "run", tmp_path / "serving"
+    assert _train(data, out) == 0  # trained; as if killed before the export
+    model_bytes = (out / "model.keras").read_bytes()
+    assert _train(data, out, "--export", str(export_dir)) == 0
+    assert "already holds this run" in capsys.readouterr().out
+    assert (out / "model.keras").read_bytes() == model_bytes  # not retrained
+    assert _train(data, out, "--export", str(export_dir)) == 0
+    assert "already holds this run's model" in capsys.readouterr().out
+    assert tf_fm.export.list_versions(export_dir) == [1]
+    # Other settings on the same directory still need --overwrite.
+    assert _train(data, out, "--embedding-dim", "4") == 2
+
+
+def test_stale_staging_of_dead_exports_is_removed(tmp_path):
+    dead = tmp_path / ".tmp-1-999999999-abc"  # no such pid
+    alive = tmp_path / f".tmp-2-{os.getpid()}-xyz"
+    other = tmp_path / "1"
+    for path in (dead, alive, other):
+        path.mkdir()
+    assert publish.remove_stale_staging(tmp_path) == [dead]
+    assert alive.is_dir() and other.is_dir() and not dead.exists()
+
+
+def test_one_writer_per_run_directory(tmp_path):
+    with training.RunLock(tmp_path / "run"):
+        with pytest.raises(UsageError, match=rf"in use by another training \(pid {os.getpid()}\)"):
+            training.train(_libsvm(tmp_path / "t.txt"), format="libsvm", output=tmp_path / "run")
+    with training.RunLock(tmp_path / "run"):  # released on exit
+        pass
+
+
+def test_readable_message_strips_tensorflow_wrapping():
+    wrapped = tf.errors.InvalidArgumentError(
+        None,
+        None,
+        "Graph execution error:\n\nDetected at node Assert defined at (most recent call last):\n"
+        '  File "x.py", line 1\n{{function_node __wrapped__IteratorGetNext}} assertion failed: '
+        "[Malformed input at a.txt:3: label `x` is not a number]\n\t [[{{node Assert}}]] "
+        "[Op:IteratorGetNext] name: ",
+    )
+    assert readable_message(wrapped) == "Malformed input at a.txt:3: label `x` is not a number"
+    other = tf.errors.InvalidArgumentError(
+        None, None, "{{function_node f}} indices[0] = 9 is not in [0, 5) [Op:GatherV2] name: "
+    )
+    assert readable_message(other) == "indices[0] = 9 is not in [0, 5)"
+    assert readable_message(ValueError("first\nsecond")) == "first"
