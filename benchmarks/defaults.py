@@ -201,9 +201,9 @@ def run_one(dataset, data, config, seed, epochs, batch_size):
     kwargs = {**DEFAULTS, **overrides}
     if kind == "fm":
         kwargs = {k: v for k, v in kwargs.items() if k in ("embeddings_l2", "linear_l2")}
-        model = tf_fm.FM(schema.fields(), **kwargs)
+        model = tf_fm.FM(schema, **kwargs)
     else:
-        model = tf_fm.DeepFM(schema.fields(), **kwargs)
+        model = tf_fm.DeepFM(schema, **kwargs)
     tf_fm.compile_model(model, learning_rate=1e-3)
 
     test_auc_per_epoch, lr_per_epoch = [], []

@@ -84,12 +84,12 @@ def stock_model(fields, deep, steps_per_execution=1):
 
     import tf_fm
 
-    cat = [f for f in fields if f.__class__.__name__ == "CategoricalField"]
-    num = [f for f in fields if f.__class__.__name__ == "NumericField"]
+    cat = [f for f in fields if f.kind == "categorical"]
+    num = [f for f in fields if f.kind == "numeric"]
     offsets, total = [], 0
     for f in cat:
         offsets.append(total)
-        total += f.vocabulary_size
+        total += f.num_ids
     inputs = {f.name: keras.Input(shape=(), dtype="int64", name=f.name) for f in cat}
     inputs.update({f.name: keras.Input(shape=(), dtype="float32", name=f.name) for f in num})
     ids = ops.stack([inputs[f.name] for f in cat], axis=1) + ops.array(offsets, "int64")
@@ -128,8 +128,11 @@ def run_one(config):
     rows, batch_size = int(config["rows"]), config["batch"]
     n_batches = 16
     features, labels, size, distinct = make_batches(rows, batch_size, n_batches, config["ids"])
-    fields = [tf_fm.CategoricalField(f"C{i + 1}", size) for i in range(N_CATEGORICAL)]
-    fields += [tf_fm.NumericField(f"I{i + 1}") for i in range(N_NUMERIC)]
+    fields = [
+        tf_fm.CategoricalFeature(f"C{i + 1}", encoding="integer", num_ids=size)
+        for i in range(N_CATEGORICAL)
+    ]
+    fields += [tf_fm.NumericFeature(f"I{i + 1}") for i in range(N_NUMERIC)]
     deep = config["model"] == "deepfm"
     keras.utils.set_random_seed(0)
     spe = config.get("steps_per_execution", 1)

@@ -6,15 +6,16 @@ import pytest
 import tensorflow as tf
 
 import tf_fm
-from tf_fm import CategoricalField, MultiValuedField, NumericField
+from tf_fm import CategoricalFeature, MultiValuedFeature, NumericFeature
 from tf_fm.data import make_fm_data
 from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD
+from tf_fm.tables import mark_embedding_table
 
 FIELDS = [
-    CategoricalField("a", 4),
-    NumericField("x"),
-    MultiValuedField("g", 3, 2),
-    CategoricalField("b", 2),
+    CategoricalFeature("a", encoding="integer", num_ids=4),
+    NumericFeature("x"),
+    MultiValuedFeature("g", encoding="integer", num_ids=3, max_length=2),
+    CategoricalFeature("b", encoding="integer", num_ids=2),
 ]
 
 
@@ -33,6 +34,12 @@ def densified(optimizer_cls):
     return Dense
 
 
+def accumulator_of(optimizer, variable):
+    # The one optimizer variable of the parameter's shape (besides the step and learning rate).
+    (accumulator,) = [v for v in optimizer.variables if v.shape == variable.shape]
+    return accumulator.numpy()
+
+
 def test_stock_keras_squares_repeated_ids_per_occurrence():
     # Why the references below densify: documents the stock behaviour.
     g = tf.IndexedSlices(tf.constant([[1.0], [1.0]]), tf.constant([0, 0]), tf.constant([2, 1]))
@@ -41,12 +48,12 @@ def test_stock_keras_squares_repeated_ids_per_occurrence():
         var = keras.Variable(np.zeros((2, 1), "float32"), name="embeddings")
         opt = keras.optimizers.Adagrad(0.1, initial_accumulator_value=0.0)
         opt.apply_gradients([(grad, var)])
-        accumulators.append(opt._accumulators[0].numpy()[0, 0])
+        accumulators.append(accumulator_of(opt, var)[0, 0])
     assert accumulators == [2.0, 4.0]  # 1^2 + 1^2 vs (1 + 1)^2
     var = keras.Variable(np.zeros((2, 1), "float32"), name="embeddings")
     opt = SparseAdagrad(0.1, initial_accumulator_value=0.0)
     opt.apply_gradients([(g, var)])
-    assert opt._accumulators[0].numpy()[0, 0] == 4.0
+    assert accumulator_of(opt, var)[0, 0] == 4.0
 
 
 def full_cover_batches(steps, n=16, seed=0):
@@ -146,9 +153,14 @@ def test_lazy_adam_leaves_absent_rows_and_their_moments_alone():
     assert not np.array_equal(table.numpy()[0], before[0])  # row 0 was updated
 
 
-@pytest.mark.parametrize("name", ["table", "kernel"])  # fused moments slot / Keras' slots
+def table_variable(value):
+    # A variable tagged as an embedding table, as FieldEmbedding tags its own.
+    return mark_embedding_table(keras.Variable(value, name="weights"))
+
+
+@pytest.mark.parametrize("tagged", [True, False])  # fused moments slot / per-variable slots
 @pytest.mark.parametrize("optimizer_cls", [SparseAdagrad, LazyAdam, SparseSGD])
-def test_duplicate_ids_are_summed(optimizer_cls, name):
+def test_duplicate_ids_are_summed(optimizer_cls, tagged):
     # The same gradient as IndexedSlices with repeated ids and as a dense tensor.
     values = tf.constant([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
     indices = tf.constant([2, 0, 2])
@@ -156,7 +168,8 @@ def test_duplicate_ids_are_summed(optimizer_cls, name):
     dense = tf.convert_to_tensor(sparse)
     results = []
     for grad in (sparse, dense):
-        var = keras.Variable(np.ones((4, 2), "float32"), name=name)
+        value = np.ones((4, 2), "float32")
+        var = table_variable(value) if tagged else keras.Variable(value, name="weights")
         opt = optimizer_cls(0.1)
         opt.apply_gradients([(grad, var)])
         results.append(var.numpy())
@@ -192,7 +205,7 @@ def test_lazy_adam_dense_gradient_for_a_table_is_dense_adam():
     rng = np.random.default_rng(0)
     results = []
     for cls in (keras.optimizers.Adam, LazyAdam):
-        var = keras.Variable(np.ones((5, 3), "float32"), name="table")
+        var = table_variable(np.ones((5, 3), "float32"))
         opt = cls(0.05)
         for _ in range(3):
             opt.apply_gradients([(tf.constant(rng.normal(size=(5, 3)), "float32"), var)])
@@ -201,13 +214,16 @@ def test_lazy_adam_dense_gradient_for_a_table_is_dense_adam():
     np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-7)
 
 
-def test_weight_decay_skips_tables():
-    opt = LazyAdam(0.01, weight_decay=0.1)
-    model = train(opt, full_cover_batches(1), builder=tf_fm.FM)
-    table = model.get_layer("field_embedding").table
-    kernel = [w for w in model.trainable_weights if w.name == "bias"][0]
-    assert not opt._use_weight_decay(table)
-    assert opt._use_weight_decay(kernel)
+@pytest.mark.parametrize("optimizer_cls", [LazyAdam, SparseAdagrad, SparseSGD])
+def test_weight_decay_skips_tagged_tables_only(optimizer_cls):
+    # Row 1 has no gradient: weight decay alone would move it.
+    table = table_variable(np.ones((2, 2), "float32"))
+    other = keras.Variable(np.ones((2, 2), "float32"), name="embeddings")  # not tagged
+    grad = tf.IndexedSlices(tf.ones([1, 2]), tf.constant([0]), tf.constant([2, 2]))
+    opt = optimizer_cls(0.1, weight_decay=0.5)
+    opt.apply_gradients([(grad, table), (grad, other)])
+    np.testing.assert_array_equal(table.numpy()[1], [1.0, 1.0])
+    np.testing.assert_allclose(other.numpy()[1], [0.95, 0.95], rtol=1e-6)  # 1 - lr * decay
 
 
 def test_unsupported_options():
@@ -217,15 +233,64 @@ def test_unsupported_options():
         SparseSGD(momentum=0.9)
 
 
-def test_keras_save_load_keeps_optimizer_state_and_resumes(tmp_path):
-    batches = full_cover_batches(6)
-    straight = train(LazyAdam(0.01), batches)
+def test_config_round_trip():
+    for opt in (
+        LazyAdam(0.02, beta_1=0.8, beta_2=0.99, epsilon=1e-6, weight_decay=0.1),
+        SparseAdagrad(0.3, initial_accumulator_value=0.2, epsilon=1e-5, clipnorm=1.0),
+        SparseSGD(0.4),
+    ):
+        config = opt.get_config()
+        assert type(opt).from_config(config).get_config() == config
+        restored = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+        assert type(restored) is type(opt)
 
-    half = train(LazyAdam(0.01), batches[:3])
+
+def test_slots_are_created_in_a_stable_order():
+    # `.keras` files and checkpoints store optimizer variables by creation
+    # order: per non-table variable its momentum and velocity, then the
+    # fused slot of each table.
+    opt = LazyAdam(0.01)
+    model = train(opt, full_cover_batches(1), builder=tf_fm.FM)
+    names = [v.name for v in opt.variables]
+    dense = [w.path.replace("/", "_") for w in model.trainable_weights if w.name != "table"]
+    expected = [f"{d}_{slot}" for d in dense for slot in ("momentum", "velocity")]
+    assert names == ["iteration", "learning_rate", *expected, "field_embedding_table_moments"]
+
+
+def test_untagged_embedding_takes_the_sparse_path_with_its_own_slots():
+    # A plain keras.layers.Embedding is not a table: Keras-shaped m and v,
+    # but its IndexedSlices gradient still leaves absent rows alone.
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((2,), dtype="int32")
+    embedding = keras.layers.Embedding(6, 3)
+    model = keras.Model(ids, keras.layers.Dense(1)(keras.layers.Flatten()(embedding(ids))))
+    opt = LazyAdam(0.01)
+    model.compile(optimizer=opt, loss="mse")
+    x, y = np.array([[0, 1], [1, 2]]), np.ones((2, 1), "float32")
+    model.train_on_batch(x, y)
+    before = embedding.embeddings.numpy().copy()
+    m_before, v_before = (t.numpy().copy() for t in opt.moments(embedding.embeddings))
+    model.train_on_batch(np.array([[0, 0], [0, 0]]), y)
+    after = embedding.embeddings.numpy()
+    m_after, v_after = (t.numpy() for t in opt.moments(embedding.embeddings))
+    assert m_after.shape == v_after.shape == (6, 3)
+    np.testing.assert_array_equal(after[1:], before[1:])
+    np.testing.assert_array_equal(m_after[1:], m_before[1:])
+    np.testing.assert_array_equal(v_after[1:], v_before[1:])
+    assert not np.array_equal(after[0], before[0])
+    assert not [v for v in opt.variables if v.name.endswith("_moments")]
+
+
+@pytest.mark.parametrize("optimizer_cls", [LazyAdam, SparseAdagrad])
+def test_keras_save_load_keeps_optimizer_state_and_resumes(tmp_path, optimizer_cls):
+    batches = full_cover_batches(6)
+    straight = train(optimizer_cls(0.01), batches)
+
+    half = train(optimizer_cls(0.01), batches[:3])
     path = tmp_path / "model.keras"
     half.save(path)
     restored = keras.saving.load_model(path)  # no custom_objects
-    assert isinstance(restored.optimizer, LazyAdam)
+    assert type(restored.optimizer) is optimizer_cls
     assert int(restored.optimizer.iterations.numpy()) == 3
     for v1, v2 in zip(half.optimizer.variables, restored.optimizer.variables, strict=True):
         np.testing.assert_array_equal(v1.numpy(), v2.numpy())
@@ -294,7 +359,7 @@ def test_lazy_adam_fused_kernel_matches_the_op_path():
     for strategy in (None, tf.distribute.OneDeviceStrategy("/cpu:0")):
         scope = strategy.scope() if strategy else contextlib.nullcontext()
         with scope:
-            var = keras.Variable(np.ones((5, 3), "float32"), name="table")
+            var = table_variable(np.ones((5, 3), "float32"))
             opt = LazyAdam(0.05)
             opt.build([var])
         assert (opt._row_scratch[0] is None) == (strategy is not None)

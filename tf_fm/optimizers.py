@@ -4,10 +4,10 @@ The gradient of a table lookup is a `tf.IndexedSlices` (rows + their ids).
 Stock Keras optimizers do `keras.ops` arithmetic on it, which turns it into a
 dense tensor the size of the whole table, and Adam also decays the moments of
 every row: a step costs O(table rows). The optimizers here take the sparse
-path for such gradients (duplicate ids of a batch summed first, then only the
-touched rows of the parameter and its slots gathered, updated and scattered
-back) and the wrapped Keras optimizer's own dense update for every other
-variable (DNN kernels, biases).
+path for every IndexedSlices gradient (duplicate ids of a batch summed first,
+then only the touched rows of the parameter and its slots gathered, updated
+and written back) and the dense update of the matching Keras optimizer for
+every other gradient (DNN kernels, biases).
 
 * `LazyAdam`: Adam whose moments move only for rows present in the batch.
   Rows absent from a batch keep their moments and their value (the "lazy"
@@ -18,10 +18,16 @@ variable (DNN kernels, biases).
   update.
 * `SparseSGD`: exact plain SGD (no momentum) on touched rows.
 
-`weight_decay` is not applied to the embedding tables (that would touch every
-row); regularize them with `FieldEmbedding`'s per-example `embeddings_l2`.
-Gradient clipping (`clipnorm`, `global_clipnorm`) densifies sparse gradients
-and is better left off for large tables.
+Embedding tables are the variables tagged by `tf_fm.tables.mark_embedding_table`
+(`FieldEmbedding` tags its `table`), not variables of a given name. A table
+gets `LazyAdam`'s fused moments slot (below) and is kept out of
+`weight_decay` (which would touch every row; regularize tables with
+`FieldEmbedding`'s per-example `embeddings_l2`). A variable that is not
+tagged, a plain `keras.layers.Embedding`'s `embeddings` for instance, still
+takes the sparse path for its IndexedSlices gradients, with the ordinary
+per-variable slots of its own shape, and gets weight decay like any other
+variable. Gradient clipping (`clipnorm`, `global_clipnorm`) densifies sparse
+gradients and is better left off for large tables.
 
 These update the TensorFlow variables with scatter operations: TensorFlow
 backend only, and not for XLA (`jit_compile=False`, the default on CPU).
@@ -35,12 +41,16 @@ memcpy per row), not `scatter_sub` (a read-modify-write per element, about
 twice as slow on CPU): safe because the ids are deduplicated first.
 """
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import keras
 import tensorflow as tf
 
-# Table variables (FieldEmbedding's `table`, keras.layers.Embedding's
-# `embeddings`): kept out of weight decay, which would touch every row.
-TABLE_NAMES = ("table", "embeddings")
+from tf_fm.tables import is_embedding_table
+
+# What `learning_rate` accepts, as in keras.optimizers.Optimizer.
+LearningRate = float | keras.optimizers.schedules.LearningRateSchedule | Callable[[], float]
 
 
 def _dedupe(gradient):
@@ -67,8 +77,16 @@ def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 
 
-def _is_table(variable):
-    return variable.name in TABLE_NAMES and len(variable.shape) == 2
+def _stand_ins(variable):
+    """`variable` and each object Keras may pass to `update_step` in its place.
+
+    The TensorFlow backend passes the tf.Variable behind a keras.Variable,
+    and under a distribution strategy one replica's component of it at a time.
+    """
+    value = _tf_variable(variable)
+    strategy = getattr(value, "distribute_strategy", None)  # distributed variables only
+    replicas = strategy.experimental_local_results(value) if strategy is not None else ()
+    return (variable, value, *replicas)
 
 
 def _subtract_rows(variable, ids, delta):
@@ -94,162 +112,187 @@ class _RowScratch:
 
 
 class _SparseMixin:
-    """Routes IndexedSlices gradients to `_sparse_update`, the rest to Keras."""
+    """Slots by position in the built variable list; IndexedSlices gradients row-wise.
 
-    def build(self, var_list):
+    Subclasses create their slots in `_build_slots` and implement
+    `_sparse_update` (touched rows) and `_dense_update` (everything else).
+    """
+
+    def build(self, var_list: Sequence[keras.Variable]) -> None:
+        if self.built:
+            return
         super().build(var_list)
-        tables = [v for v in var_list if v.name in TABLE_NAMES]
+        self._positions = {id(x): i for i, v in enumerate(var_list) for x in _stand_ins(v)}
+        self._build_slots(list(var_list))
+        tables = [v for v in var_list if is_embedding_table(v)]
         if tables and self.weight_decay is not None:
             self.exclude_from_weight_decay(var_list=tables)
 
-    def update_step(self, gradient, variable, learning_rate):
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        index = self._position(variable)
         if isinstance(gradient, tf.IndexedSlices):
             ids, rows = _dedupe(gradient)
-            lr = tf.cast(learning_rate, variable.dtype)
-            self._sparse_update(ids, tf.cast(rows, variable.dtype), variable, lr)
+        elif self._row_wise_always(index):
+            ids, rows = tf.range(tf.shape(gradient)[0]), gradient
         else:
-            super().update_step(gradient, variable, learning_rate)
+            self._dense_update(index, gradient, variable, learning_rate)
+            return
+        lr = tf.cast(learning_rate, variable.dtype)
+        self._sparse_update(index, ids, tf.cast(rows, variable.dtype), _tf_variable(variable), lr)
+
+    def _position(self, variable):
+        return self._positions[id(variable)]
+
+    def _build_slots(self, var_list):
+        pass
+
+    def _row_wise_always(self, index):
+        """Whether a dense gradient of this variable also goes to `_sparse_update`."""
+        return False
+
+    def _dense_update(self, index, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, learning_rate)
 
 
 @keras.saving.register_keras_serializable(package="tf_fm")
-class LazyAdam(_SparseMixin, keras.optimizers.Adam):
+class LazyAdam(_SparseMixin, keras.optimizers.Optimizer):
     """Adam that updates only the embedding rows present in the batch.
 
-    Dense variables follow `keras.optimizers.Adam` exactly; table rows follow
-    the same formulas restricted to the rows of the batch (moments of absent
-    rows are left alone). Same arguments as `keras.optimizers.Adam`; `amsgrad`
-    is not supported.
+    Dense gradients get the update of `keras.optimizers.Adam`; IndexedSlices
+    gradients the same formulas restricted to the rows of the batch (moments
+    of absent rows are left alone).
 
-    For a table variable (named `table` or `embeddings`, 2-D) the first and
-    second moments live in one slot variable of shape `(rows, 2 * columns)`,
-    m in the first half of each row and v in the second (the same memory as
-    two table-sized slots, one random access per row instead of two); use
-    `moments(variable)` to read them. Every other variable has Keras' own
-    `momentum` and `velocity` slots.
+    For an embedding table (a 2-D variable tagged by
+    `tf_fm.tables.mark_embedding_table`) the first and second moments live in
+    one slot variable of shape `(rows, 2 * columns)`, m in the first half of
+    each row and v in the second (the same memory as two table-sized slots,
+    one random access per row instead of two); use `moments(variable)` to read
+    them. Every other variable has its own `momentum` and `velocity` slots.
+
+    Args:
+        learning_rate: float, `keras.optimizers.schedules.LearningRateSchedule`
+            or a callable without arguments. Defaults to 0.001.
+        beta_1: float. Decay rate of the first moment. Defaults to 0.9.
+        beta_2: float. Decay rate of the second moment. Defaults to 0.999.
+        epsilon: float. Added to sqrt(v) in the denominator. Defaults to 1e-7.
+        amsgrad: bool. Not supported; must be False. Defaults to False.
+        **kwargs: the arguments of `keras.optimizers.Optimizer`
+            (`weight_decay`, `clipnorm`, `use_ema`, `name`, ...).
 
     Example:
 
     >>> model.compile(optimizer=tf_fm.optimizers.LazyAdam(1e-3), loss="binary_crossentropy")
     """
 
-    def __init__(self, *args, **kwargs):
-        if kwargs.get("amsgrad"):
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if amsgrad:
             raise ValueError("LazyAdam does not support `amsgrad=True`.")
-        super().__init__(*args, **kwargs)
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.amsgrad = amsgrad
 
-    def build(self, var_list):
-        if self.built:
-            return
-        # Adam.build would give every variable two slots of its own shape;
-        # tables get one fused slot instead (see the class docstring).
-        keras.optimizers.Optimizer.build(self, var_list)
-        tables = [v for v in var_list if _is_table(v)]
-        dense = [v for v in var_list if not _is_table(v)]
-        momentums, velocities = self.add_optimizer_variables(dense, ["momentum", "velocity"])
-        by_key = {
-            self._var_key(v): (m, u) for v, m, u in zip(dense, momentums, velocities, strict=True)
-        }
-        self._momentums, self._velocities, self._table_moments = [], [], []
-        self._row_scratch = []
-        # The fused kernel needs scratch variables next to the table: single
-        # device (no distribution strategy) and float32 only.
-        fused_kernel = not tf.distribute.has_strategy()
-        for variable in var_list:
-            if _is_table(variable) and fused_kernel and variable.dtype == "float32":
-                self._row_scratch.append(_RowScratch(variable.shape[1], variable.dtype))
-            else:
-                self._row_scratch.append(None)
-            if _is_table(variable):
-                rows, columns = variable.shape
-                # Placed with the table, as Keras places its own slots.
-                strategy = tf.distribute.get_strategy()
-                with strategy.extended.colocate_vars_with(_tf_variable(variable)):
-                    moments = self.add_variable(
-                        shape=(rows, 2 * columns),
-                        dtype=variable.dtype,
-                        name=f"{variable.path.replace('/', '_')}_moments",
-                    )
-                self._momentums.append(None)
-                self._velocities.append(None)
-                self._table_moments.append(moments)
-            else:
-                m, u = by_key[self._var_key(variable)]
-                self._momentums.append(m)
-                self._velocities.append(u)
-                self._table_moments.append(None)
-        if tables and self.weight_decay is not None:
-            self.exclude_from_weight_decay(var_list=tables)
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon, amsgrad=self.amsgrad
+        )
+        return config
 
-    def moments(self, variable):
+    def moments(self, variable: keras.Variable) -> tuple[Any, Any]:
         """(m, v) of `variable` as tensors of its shape (split from the fused slot of a table)."""
-        index = self._get_variable_index(variable)
-        fused = self._table_moments[index]
+        index = self._position(variable)
+        fused = self._fused_moments[index]
         if fused is None:
-            return (
-                keras.ops.convert_to_tensor(self._momentums[index]),
-                keras.ops.convert_to_tensor(self._velocities[index]),
-            )
+            return tuple(keras.ops.convert_to_tensor(s) for s in self._moments[index])
         columns = variable.shape[1]
         fused = keras.ops.convert_to_tensor(fused)
         return fused[:, :columns], fused[:, columns:]
 
-    def update_step(self, gradient, variable, learning_rate):
-        if self._table_moments[self._get_variable_index(variable)] is not None and not (
-            isinstance(gradient, tf.IndexedSlices)
-        ):
-            # A dense gradient for a table (rare: a lookup that densifies):
-            # the same update on every row, through the fused slot.
-            gradient = tf.IndexedSlices(
-                tf.convert_to_tensor(gradient), tf.range(tf.shape(gradient)[0])
+    def _build_slots(self, var_list):
+        # Creation order is the order optimizer states are saved in: momentum
+        # and velocity of each non-table variable, then each table's fused
+        # slot. Changing it would make saved states fail to load.
+        dense = [v for v in var_list if not is_embedding_table(v)]
+        slots = self.add_optimizer_variables(dense, ["momentum", "velocity"])
+        pairs = dict(zip(map(id, dense), zip(*slots, strict=True), strict=True))
+        self._moments = [pairs.get(id(v)) for v in var_list]
+        self._fused_moments = [
+            self._fused_slot(v) if is_embedding_table(v) else None for v in var_list
+        ]
+        # The fused kernel needs scratch variables next to the table: single
+        # device (no distribution strategy) and float32 only.
+        fused_kernel = not tf.distribute.has_strategy()
+        self._row_scratch = [
+            _RowScratch(v.shape[1], v.dtype)
+            if is_embedding_table(v) and fused_kernel and v.dtype == "float32"
+            else None
+            for v in var_list
+        ]
+
+    def _fused_slot(self, table):
+        rows, columns = table.shape
+        # Placed with the table, as Keras places its own slots.
+        strategy = tf.distribute.get_strategy()
+        with strategy.extended.colocate_vars_with(_tf_variable(table)):
+            return self.add_variable(
+                shape=(rows, 2 * columns),
+                dtype=table.dtype,
+                name=f"{table.path.replace('/', '_')}_moments",
             )
-        super().update_step(gradient, variable, learning_rate)
 
-    def _sparse_update(self, ids, grad, variable, lr):
-        index = self._get_variable_index(variable)
-        var = _tf_variable(variable)
-        step = tf.cast(self.iterations + 1, var.dtype)
-        beta_1 = tf.cast(self.beta_1, var.dtype)
-        beta_2 = tf.cast(self.beta_2, var.dtype)
-        fused = self._table_moments[index]
-        scratch = self._row_scratch[index]
+    def _row_wise_always(self, index):
+        # A dense gradient for a table (rare: a lookup that densifies): the
+        # same update on every row, through the fused slot.
+        return self._fused_moments[index] is not None
 
-        if fused is None:  # a non-table variable with a sparse gradient: Keras' slots
-            m = _tf_variable(self._momentums[index])
-            v = _tf_variable(self._velocities[index])
+    def _dense_update(self, index, gradient, variable, learning_rate):
+        """`keras.optimizers.Adam.update_step`, op for op."""
+        ops = keras.ops
+        m, v = self._moments[index]
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, variable.dtype), local_step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, variable.dtype), local_step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
+        self.assign_sub(
+            variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon))
+        )
+
+    def _sparse_update(self, index, ids, grad, var, lr):
+        fused = self._fused_moments[index]
+        if fused is None:  # a non-table variable with a sparse gradient: its own slots
+            m, v = (_tf_variable(s) for s in self._moments[index])
             m_rows, v_rows = tf.gather(m, ids), tf.gather(v, ids)
         else:
             fused = _tf_variable(fused)
-            columns = grad.shape[-1]
+            columns = var.shape[-1]  # static (a gradient all-reduced across replicas may not be)
             both = tf.gather(fused, ids)  # (n, 2 * columns): m | v
             m_rows, v_rows = both[:, :columns], both[:, columns:]
 
+        scratch = self._row_scratch[index]
         if scratch is not None:
-            # The touched rows of (param, m, v) go into scratch variables and
-            # TensorFlow's ResourceApplyAdam updates them in one fused pass
-            # (the formulas of keras.optimizers.Adam); the chain of separate
-            # element-wise ops below makes about a dozen passes over the rows.
-            # Then one row copy back into the slot and the table.
-            scratch.m.assign(m_rows)
-            scratch.v.assign(v_rows)
-            scratch.var.assign(tf.gather(var, ids))
-            tf.raw_ops.ResourceApplyAdam(
-                var=scratch.var.handle,
-                m=scratch.m.handle,
-                v=scratch.v.handle,
-                beta1_power=tf.pow(beta_1, step),
-                beta2_power=tf.pow(beta_2, step),
-                lr=lr,
-                beta1=beta_1,
-                beta2=beta_2,
-                epsilon=tf.cast(self.epsilon, var.dtype),
-                grad=grad,
+            var_rows, m_rows, v_rows = self._apply_adam_kernel(
+                scratch, tf.gather(var, ids), m_rows, v_rows, grad, lr
             )
-            moments = tf.concat([scratch.m.read_value(), scratch.v.read_value()], axis=1)
-            fused.scatter_update(tf.IndexedSlices(moments, ids))
-            var.scatter_update(tf.IndexedSlices(scratch.var.read_value(), ids))
+            fused.scatter_update(tf.IndexedSlices(tf.concat([m_rows, v_rows], axis=1), ids))
+            var.scatter_update(tf.IndexedSlices(var_rows, ids))
             return
 
-        alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+        beta_1, beta_2, beta_1_power, beta_2_power = self._adam_scalars(var.dtype)
+        alpha = lr * tf.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         m_rows = m_rows + (grad - m_rows) * (1 - beta_1)
         v_rows = v_rows + (tf.square(grad) - v_rows) * (1 - beta_2)
         if fused is None:
@@ -259,17 +302,94 @@ class LazyAdam(_SparseMixin, keras.optimizers.Adam):
             fused.scatter_update(tf.IndexedSlices(tf.concat([m_rows, v_rows], axis=1), ids))
         _subtract_rows(var, ids, alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon))
 
+    def _adam_scalars(self, dtype):
+        """beta_1, beta_2 and their powers at this step, as `dtype` tensors."""
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1 = tf.cast(self.beta_1, dtype)
+        beta_2 = tf.cast(self.beta_2, dtype)
+        return beta_1, beta_2, tf.pow(beta_1, step), tf.pow(beta_2, step)
+
+    def _apply_adam_kernel(self, scratch, var_rows, m_rows, v_rows, grad, lr):
+        """Updated (param, m, v) rows from TensorFlow's fused `ResourceApplyAdam`.
+
+        The touched rows of (param, m, v) go into scratch variables and the
+        kernel updates them in one pass (the formulas of
+        keras.optimizers.Adam); the chain of separate element-wise ops of the
+        other path makes about a dozen passes over the rows.
+        """
+        scratch.var.assign(var_rows)
+        scratch.m.assign(m_rows)
+        scratch.v.assign(v_rows)
+        beta_1, beta_2, beta_1_power, beta_2_power = self._adam_scalars(var_rows.dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=scratch.var.handle,
+            m=scratch.m.handle,
+            v=scratch.v.handle,
+            beta1_power=beta_1_power,
+            beta2_power=beta_2_power,
+            lr=lr,
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, var_rows.dtype),
+            grad=grad,
+        )
+        return scratch.var.read_value(), scratch.m.read_value(), scratch.v.read_value()
+
 
 @keras.saving.register_keras_serializable(package="tf_fm")
-class SparseAdagrad(_SparseMixin, keras.optimizers.Adagrad):
+class SparseAdagrad(_SparseMixin, keras.optimizers.Optimizer):
     """Adagrad on touched rows only; exactly equal to `keras.optimizers.Adagrad`.
 
-    Same arguments as `keras.optimizers.Adagrad`.
+    Every variable has one `accumulator` slot of its shape, as in Keras.
+
+    Args:
+        learning_rate: float, `keras.optimizers.schedules.LearningRateSchedule`
+            or a callable without arguments. Defaults to 0.001.
+        initial_accumulator_value: float >= 0. Starting value of the
+            accumulators. Defaults to 0.1.
+        epsilon: float. Added to the accumulator under the square root.
+            Defaults to 1e-7.
+        **kwargs: the arguments of `keras.optimizers.Optimizer`.
     """
 
-    def _sparse_update(self, ids, grad, variable, lr):
-        accumulator = _tf_variable(self._accumulators[self._get_variable_index(variable)])
-        var = _tf_variable(variable)
+    def __init__(
+        self,
+        learning_rate: LearningRate = 0.001,
+        initial_accumulator_value: float = 0.1,
+        epsilon: float = 1e-7,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.initial_accumulator_value = initial_accumulator_value
+        self.epsilon = epsilon
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            initial_accumulator_value=self.initial_accumulator_value, epsilon=self.epsilon
+        )
+        return config
+
+    def _build_slots(self, var_list):
+        initializer = keras.initializers.Constant(self.initial_accumulator_value)
+        self._accumulator_slots = self.add_optimizer_variables(
+            var_list, "accumulator", initializer=initializer
+        )
+
+    def _dense_update(self, index, gradient, variable, learning_rate):
+        """`keras.optimizers.Adagrad.update_step`, op for op."""
+        ops = keras.ops
+        accumulator = self._accumulator_slots[index]
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        self.assign_add(accumulator, ops.square(gradient))
+        self.assign_sub(
+            variable,
+            ops.divide(ops.multiply(lr, gradient), ops.sqrt(ops.add(accumulator, self.epsilon))),
+        )
+
+    def _sparse_update(self, index, ids, grad, var, lr):
+        accumulator = _tf_variable(self._accumulator_slots[index])
         acc_rows = tf.gather(accumulator, ids) + tf.square(grad)
         accumulator.scatter_update(tf.IndexedSlices(acc_rows, ids))
         _subtract_rows(var, ids, lr * grad / tf.sqrt(acc_rows + self.epsilon))
@@ -277,12 +397,15 @@ class SparseAdagrad(_SparseMixin, keras.optimizers.Adagrad):
 
 @keras.saving.register_keras_serializable(package="tf_fm")
 class SparseSGD(_SparseMixin, keras.optimizers.SGD):
-    """SGD on touched rows only (exact for `momentum=0`, the only mode supported)."""
+    """SGD on touched rows only (exact for `momentum=0`, the only mode supported).
 
-    def __init__(self, *args, **kwargs):
+    Same arguments as `keras.optimizers.SGD`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("momentum") or kwargs.get("nesterov"):
             raise ValueError("SparseSGD supports plain SGD only (momentum=0).")
         super().__init__(*args, **kwargs)
 
-    def _sparse_update(self, ids, grad, variable, lr):
-        _subtract_rows(_tf_variable(variable), ids, lr * grad)
+    def _sparse_update(self, index, ids, grad, var, lr):
+        _subtract_rows(var, ids, lr * grad)
