@@ -190,39 +190,45 @@ class _DelimitedParser:
             rows = (cells, numbers)
 
         def explain(bad):
-            bad_cells = tf.gather(cells, bad)
-            bad_count = tf.gather(count, bad)
-            bad_checks = tf.logical_not(tf.gather(cell_ok, bad))
-            m = tf.size(bad)
-            if self.checked:
-                first = tf.argmax(tf.cast(bad_checks, tf.int32), axis=1, output_type=tf.int32)
-                column = tf.gather(tf.constant(self.checked, tf.int32), first)
-                value = tf.gather_nd(bad_cells, tf.stack([tf.range(m), column], axis=1))
-                name = tf.gather(tf.constant(self.checked_names), first)
-                cell_reason = tf.strings.join([name, " ", text.quoted(value), " is not a number"])
-            else:
-                cell_reason = tf.fill([m], "")
-            if self.label_pos is not None:
-                other = text.label_reason(bad_cells[:, self.label_pos], task)
-            else:
-                other = tf.fill([m], "bad line")
-            expected = f"expected {self.ncols} {_delimiter_name(self.delimiter)}-separated fields"
-            count_reason = tf.strings.join([expected, ", found ", tf.strings.as_string(bad_count)])
-            structure_reason = (
-                "malformed quoting (a quoted field must end with a quote, double the "
-                "quotes inside it, and be valid UTF-8)"
-            )
-            return tf.where(
-                tf.logical_not(tf.gather(structure, bad)),
-                structure_reason,
-                tf.where(
-                    bad_count != self.ncols,
-                    count_reason,
-                    tf.where(tf.reduce_any(bad_checks, axis=1), cell_reason, other),
-                ),
+            return self.reasons(
+                tf.gather(cells, bad),
+                tf.gather(count, bad),
+                tf.gather(structure, bad),
+                tf.logical_not(tf.gather(cell_ok, bad)),
+                task,
             )
 
         return rows, ok, explain, self.finish
+
+    def reasons(self, cells, count, structure, bad_checks, task):
+        """What is wrong with each of these bad rows (`bad_checks`: their failed cell checks)."""
+        m = tf.size(count)
+        if self.checked:
+            first = tf.argmax(tf.cast(bad_checks, tf.int32), axis=1, output_type=tf.int32)
+            column = tf.gather(tf.constant(self.checked, tf.int32), first)
+            value = tf.gather_nd(cells, tf.stack([tf.range(m), column], axis=1))
+            name = tf.gather(tf.constant(self.checked_names), first)
+            cell_reason = tf.strings.join([name, " ", text.quoted(value), " is not a number"])
+        else:
+            cell_reason = tf.fill([m], "")
+        if self.label_pos is not None:
+            other = text.label_reason(cells[:, self.label_pos], task)
+        else:
+            other = tf.fill([m], "bad line")
+        expected = f"expected {self.ncols} {_delimiter_name(self.delimiter)}-separated fields"
+        count_reason = tf.strings.join([expected, ", found ", tf.strings.as_string(count)])
+        structure_reason = (
+            "malformed quoting (a quoted field must end with a quote, double the "
+            "quotes inside it, and be valid UTF-8)"
+        )
+        return text.first_reason(
+            [
+                (tf.logical_not(structure), structure_reason),
+                (count != self.ncols, count_reason),
+                (tf.reduce_any(bad_checks, axis=1), cell_reason),
+            ],
+            other,
+        )
 
     def finish(self, rows):
         """The per-column outputs from the (checked) cell and number matrices."""
@@ -352,63 +358,18 @@ def read_csv(
         ValueError: bad arguments, files with different headers, unknown
             column names.
     """
-    text.check_options(batch_size=batch_size, on_error=on_error, task=task, report=report)
-    if not isinstance(delimiter, str) or len(delimiter) != 1 or ord(delimiter) > 127:
-        raise ValueError(f"`delimiter` must be one ASCII character. Received: {delimiter!r}")
-    if delimiter == '"':
-        raise ValueError("`delimiter` cannot be a double quote.")
+    options = text.PipelineOptions.of(locals())
+    options.check(task)
+    _check_delimiter(delimiter)
     files = text.resolve_paths(paths)
     compression = text.compression_of(files, compression_type)
     if header is None:
         header = column_names is None
     dialect = {"delimiter": delimiter, "quoting": csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE}
-
-    header_names = None
-    if header:
-        first_header = None
-        for path in files:
-            lines = text.first_lines(path, 1, compression)
-            if not lines:
-                continue
-            if first_header is None:
-                first_header = (path, lines[0])
-            elif lines[0] != first_header[1]:
-                raise ValueError(
-                    f"{path}: header {lines[0]!r} differs from the header of "
-                    f"{first_header[0]}: {first_header[1]!r}."
-                )
-        if first_header is not None:
-            header_names = next(csv.reader([first_header[1]], **dialect))
-    if column_names is None:
-        if header_names is None:
-            raise ValueError("No column names: pass `column_names` or read files with a header.")
-        column_names = header_names
-    column_names = list(column_names)
-    if len(set(column_names)) != len(column_names):
-        raise ValueError(f"Column names must be unique. Received: {column_names}")
-    if header_names is not None and len(header_names) != len(column_names):
-        raise ValueError(
-            f"The header has {len(header_names)} columns but {len(column_names)} column "
-            f"names were given: {header_names} vs {column_names}."
-        )
-    known = set(column_names)
-    for name in [label] if label is not None else []:
-        if name not in known:
-            raise ValueError(f"Label column {name!r} is not a column: {column_names}.")
-    drop = set(drop_columns)
-    if columns is None:
-        columns = [c for c in column_names if c != label and c not in drop]
-    columns = list(columns)
-    unknown = [c for c in [*columns, *drop, *(column_types or {})] if c not in known]
-    if unknown:
-        raise ValueError(f"Unknown columns {unknown}; the columns are {column_names}.")
-    if label in columns:
-        raise ValueError(f"The label column {label!r} cannot also be a feature column.")
-
-    types = dict(column_types or {})
-    bad_types = {k: v for k, v in types.items() if v not in COLUMN_TYPES}
-    if bad_types:
-        raise ValueError(f"Column types must be one of {COLUMN_TYPES}. Received: {bad_types}")
+    header_names = _header_names(files, compression, dialect) if header else None
+    column_names = _column_names(column_names, header_names)
+    columns = _feature_columns(column_names, label, columns, drop_columns, column_types)
+    types = _checked_types(column_types)
     missing = [c for c in columns if c not in types]
     if missing:
         sample = text.first_lines(files[0], infer_rows + int(header), compression)[int(header) :]
@@ -424,16 +385,78 @@ def read_csv(
         lambda lines: parser.parse(lines, task),
         skip_header=header,
         compression_type=compression,
-        batch_size=batch_size,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        on_error=on_error,
-        report=report,
-        deterministic=deterministic,
-        cycle_length=cycle_length,
-        prefetch=prefetch,
+        options=options,
     )
+
+
+def _check_delimiter(delimiter):
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or ord(delimiter) > 127:
+        raise ValueError(f"`delimiter` must be one ASCII character. Received: {delimiter!r}")
+    if delimiter == '"':
+        raise ValueError("`delimiter` cannot be a double quote.")
+
+
+def _header_names(files, compression, dialect):
+    """The names in the files' header line (all files must have the same); None if all are empty."""
+    first_header = None
+    for path in files:
+        lines = text.first_lines(path, 1, compression)
+        if not lines:
+            continue
+        if first_header is None:
+            first_header = (path, lines[0])
+        elif lines[0] != first_header[1]:
+            raise ValueError(
+                f"{path}: header {lines[0]!r} differs from the header of "
+                f"{first_header[0]}: {first_header[1]!r}."
+            )
+    if first_header is None:
+        return None
+    return next(csv.reader([first_header[1]], **dialect))
+
+
+def _column_names(column_names, header_names):
+    """The names of all columns: the given ones, checked against the header, or the header's."""
+    if column_names is None:
+        if header_names is None:
+            raise ValueError("No column names: pass `column_names` or read files with a header.")
+        column_names = header_names
+    column_names = list(column_names)
+    if len(set(column_names)) != len(column_names):
+        raise ValueError(f"Column names must be unique. Received: {column_names}")
+    if header_names is not None and len(header_names) != len(column_names):
+        raise ValueError(
+            f"The header has {len(header_names)} columns but {len(column_names)} column "
+            f"names were given: {header_names} vs {column_names}."
+        )
+    return column_names
+
+
+def _feature_columns(column_names, label, columns, drop_columns, column_types):
+    """The feature columns (`columns`, or all but the label and `drop_columns`), checked."""
+    known = set(column_names)
+    for name in [label] if label is not None else []:
+        if name not in known:
+            raise ValueError(f"Label column {name!r} is not a column: {column_names}.")
+    drop = set(drop_columns)
+    if columns is None:
+        columns = [c for c in column_names if c != label and c not in drop]
+    columns = list(columns)
+    unknown = [c for c in [*columns, *drop, *(column_types or {})] if c not in known]
+    if unknown:
+        raise ValueError(f"Unknown columns {unknown}; the columns are {column_names}.")
+    if label in columns:
+        raise ValueError(f"The label column {label!r} cannot also be a feature column.")
+    return columns
+
+
+def _checked_types(column_types):
+    """A copy of the declared column types, each checked to be one of `COLUMN_TYPES`."""
+    types = dict(column_types or {})
+    bad_types = {k: v for k, v in types.items() if v not in COLUMN_TYPES}
+    if bad_types:
+        raise ValueError(f"Column types must be one of {COLUMN_TYPES}. Received: {bad_types}")
+    return types
 
 
 def read_criteo(paths, *, with_label=True, **kwargs):

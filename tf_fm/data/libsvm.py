@@ -92,72 +92,77 @@ class _SparseParser:
             features[f"{self.name}_fields"] = pad(fields, tf.constant(-1, tf.int64))
 
         def explain(bad):
-            tokens = tf.strings.split(tf.gather(lines, bad))
-            flat = tokens.flat_values
-            count = tokens.row_lengths()
-            rows = tokens.value_rowids()
-            starts = tokens.row_starts()
-            position = tf.range(tf.size(flat, out_type=tf.int64)) - tf.gather(starts, rows)
-            token_ok = tf.where(
-                position == 0,
-                tf.strings.regex_full_match(flat, text.NUMBER),
-                tf.strings.regex_full_match(flat, self.token),
-            )
-            first_bad = tf.math.unsorted_segment_min(
-                tf.where(token_ok, tf.constant(_NO_TOKEN, tf.int64), position),
-                rows,
-                tf.size(bad),
-            )
-            first_bad = tf.minimum(first_bad, _NO_TOKEN)
-            has_bad = first_bad < _NO_TOKEN
-            at = tf.where(has_bad, tf.gather(starts, tf.range(tf.size(bad))) + first_bad, -1)
-            shown = text.quoted(
-                tf.gather(
-                    tf.concat([flat, [""]], 0),
-                    tf.where(at < 0, tf.size(flat, out_type=tf.int64), at),
-                )
-            )
-            entries = count - 1
-            label_token = tf.gather(
-                tf.concat([flat, [""]], 0),
-                tf.where(count > 0, starts, tf.size(flat, out_type=tf.int64)),
-            )
-            return tf.where(
-                count == 0,
-                "no label (a line of only spaces)",
-                tf.where(
-                    has_bad & (first_bad == 0),
-                    tf.strings.join(["label ", shown, " is not a number"]),
-                    tf.where(
-                        has_bad,
-                        tf.strings.join(
-                            [
-                                "entry ",
-                                tf.strings.as_string(first_bad),
-                                " ",
-                                shown,
-                                f" is not {self.entry}",
-                            ]
-                        ),
-                        tf.where(
-                            tf.logical_not(tf.gather(well_formed, bad)),
-                            "malformed line (entries must be separated by spaces or tabs)",
-                            tf.where(
-                                entries > self.max_length,
-                                tf.strings.join(
-                                    [
-                                        tf.strings.as_string(entries),
-                                        f" entries, more than max_length={self.max_length}",
-                                    ]
-                                ),
-                                text.label_reason(label_token, task),
-                            ),
-                        ),
-                    ),
-                ),
-            )
+            return self.reasons(tf.gather(lines, bad), tf.gather(well_formed, bad), task)
 
         return (features, label), ok, explain, lambda rows: rows
+
+    def reasons(self, lines, well_formed, task):
+        """What is wrong with each of these bad lines (`well_formed`: their pattern match)."""
+        tokens = tf.strings.split(lines)
+        count = tokens.row_lengths()
+        first_bad, shown, label_token = _first_bad_token(tokens, self.token)
+        has_bad = first_bad < _NO_TOKEN
+        entries = count - 1
+        entry_reason = tf.strings.join(
+            ["entry ", tf.strings.as_string(first_bad), " ", shown, f" is not {self.entry}"]
+        )
+        length_reason = tf.strings.join(
+            [tf.strings.as_string(entries), f" entries, more than max_length={self.max_length}"]
+        )
+        return text.first_reason(
+            [
+                (count == 0, "no label (a line of only spaces)"),
+                (
+                    has_bad & (first_bad == 0),
+                    tf.strings.join(["label ", shown, " is not a number"]),
+                ),
+                (has_bad, entry_reason),
+                (
+                    tf.logical_not(well_formed),
+                    "malformed line (entries must be separated by spaces or tabs)",
+                ),
+                (entries > self.max_length, length_reason),
+            ],
+            text.label_reason(label_token, task),
+        )
+
+
+def _first_bad_token(tokens, token_pattern):
+    """The first bad token of each line of `tokens` (the lines split at whitespace).
+
+    A token is bad when it is the first (the label) and not a number, or an
+    entry that does not match `token_pattern`.
+
+    Returns:
+        `(first_bad, shown, label)`, each `(lines,)`: the 0-based position
+        of the first bad token (`_NO_TOKEN` when there is none), that token
+        as `text.quoted` shows it (an empty one when there is none), and the
+        line's first token ("" for a line of only spaces).
+    """
+    flat = tokens.flat_values
+    count = tokens.row_lengths()
+    rows = tokens.value_rowids()
+    starts = tokens.row_starts()
+    lines = tf.size(count)
+    position = tf.range(tf.size(flat, out_type=tf.int64)) - tf.gather(starts, rows)
+    token_ok = tf.where(
+        position == 0,
+        tf.strings.regex_full_match(flat, text.NUMBER),
+        tf.strings.regex_full_match(flat, token_pattern),
+    )
+    first_bad = tf.math.unsorted_segment_min(
+        tf.where(token_ok, tf.constant(_NO_TOKEN, tf.int64), position), rows, lines
+    )
+    first_bad = tf.minimum(first_bad, _NO_TOKEN)
+    has_bad = first_bad < _NO_TOKEN
+    shown = text.quoted(_token_or_empty(flat, starts + first_bad, has_bad))
+    return first_bad, shown, _token_or_empty(flat, starts, count > 0)
+
+
+def _token_or_empty(flat, at, valid):
+    """`flat[at]` where `valid`, else ""."""
+    padded = tf.concat([flat, [""]], 0)
+    return tf.gather(padded, tf.where(valid, at, tf.size(flat, out_type=tf.int64)))
 
 
 def scan_libsvm(paths, *, ffm=False, compression_type=None):
@@ -265,25 +270,11 @@ def libsvm_field(*args, **kwargs):
 
 
 def _read_sparse(
-    paths,
-    *,
-    ffm,
-    with_fields=True,
-    max_length,
-    task,
-    name,
-    batch_size,
-    shuffle_buffer,
-    seed,
-    drop_remainder,
-    on_error,
-    report,
-    deterministic,
-    cycle_length,
-    compression_type,
-    prefetch,
+    paths, *, ffm, max_length, task, name, compression_type, with_fields=True, **pipeline
 ):
-    text.check_options(batch_size=batch_size, on_error=on_error, task=task, report=report)
+    """The libSVM / libFFM reader; `pipeline`: the `text.PipelineOptions` arguments."""
+    options = text.PipelineOptions(**pipeline)
+    options.check(task)
     files = text.resolve_paths(paths)
     compression = text.compression_of(files, compression_type)
     if max_length is None:
@@ -296,15 +287,7 @@ def _read_sparse(
         lambda lines: parser.parse(lines, task),
         skip_header=False,
         compression_type=compression,
-        batch_size=batch_size,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        on_error=on_error,
-        report=report,
-        deterministic=deterministic,
-        cycle_length=cycle_length,
-        prefetch=prefetch,
+        options=options,
     )
 
 
@@ -363,23 +346,7 @@ def read_libsvm(
         name + "_weights": float32 (batch, max_length) values, 0 at padding}`,
         the label float32 `(batch,)`.
     """
-    return _read_sparse(
-        paths,
-        ffm=False,
-        max_length=max_length,
-        task=task,
-        name=name,
-        batch_size=batch_size,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        on_error=on_error,
-        report=report,
-        deterministic=deterministic,
-        cycle_length=cycle_length,
-        compression_type=compression_type,
-        prefetch=prefetch,
-    )
+    return _read_sparse(ffm=False, **locals())  # every argument, by name
 
 
 def read_libffm(
@@ -432,21 +399,4 @@ def read_libffm(
         plus (with `with_fields`) `name + "_fields"`: int64
         `(batch, max_length)`, the field of each entry, -1 at padding.
     """
-    return _read_sparse(
-        paths,
-        ffm=True,
-        with_fields=with_fields,
-        max_length=max_length,
-        task=task,
-        name=name,
-        batch_size=batch_size,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        on_error=on_error,
-        report=report,
-        deterministic=deterministic,
-        cycle_length=cycle_length,
-        compression_type=compression_type,
-        prefetch=prefetch,
-    )
+    return _read_sparse(ffm=True, **locals())  # every argument, by name

@@ -106,92 +106,12 @@ def make_fm_data(
     if task not in ("binary", "regression"):
         raise ValueError(f"`task` must be 'binary' or 'regression'. Received: task={task!r}")
     rng = np.random.default_rng(seed)
-    fields = [
-        CategoricalFeature(f"c{i}", encoding="integer", num_ids=int(c))
-        for i, c in enumerate(cardinalities)
-    ]
-    fields += [NumericFeature(f"n{i}") for i in range(n_numeric)]
-    if multivalued_size:
-        fields.append(
-            MultiValuedFeature(
-                "tags",
-                encoding="integer",
-                num_ids=multivalued_size,
-                max_length=multivalued_max_length,
-            )
-        )
-
-    # Ground truth parameters, one block per field.
+    fields = _declare_fields(cardinalities, n_numeric, multivalued_size, multivalued_max_length)
     slots = len(cardinalities) + n_numeric + (multivalued_max_length if multivalued_size else 0)
-    n_slots_pairs = slots * (slots - 1) / 2
-    # Var(<v_i, v_j>) = k s^4 for independent rows: choose s for the target std.
-    s = (interaction_scale**2 / (n_slots_pairs * embedding_dim)) ** 0.25
-    truth = {}
-    for f in fields:
-        rows = getattr(f, "num_ids", None) or 1
-        truth[f.name] = (
-            rng.normal(0.0, 0.3, size=rows),
-            rng.normal(0.0, s, size=(rows, embedding_dim)),
-            rng.permutation(rows),  # which id is most frequent
-        )
-
-    def draw(n):
-        feats = {}
-        linear = np.zeros(n)
-        vec_sum = np.zeros((n, embedding_dim))
-        sq_sum = np.zeros((n, embedding_dim))
-        for f in fields:
-            w, v, perm = truth[f.name]
-            if isinstance(f, CategoricalFeature):
-                ids = perm[
-                    rng.choice(
-                        f.num_ids,
-                        size=n,
-                        p=_zipf_probabilities(f.num_ids, zipf_exponent),
-                    )
-                ]
-                feats[f.name] = ids.astype(np.int64)
-                linear += w[ids]
-                vec_sum += v[ids]
-                sq_sum += v[ids] ** 2
-            elif isinstance(f, NumericFeature):
-                x = rng.normal(0.0, 1.0, size=n)
-                feats[f.name] = x.astype(np.float32)
-                x = x.astype(np.float32).astype(np.float64)
-                linear += w[0] * x
-                vec_sum += v[0] * x[:, None]
-                sq_sum += v[0] ** 2 * x[:, None] ** 2
-            else:
-                p = _zipf_probabilities(f.num_ids, zipf_exponent)
-                lengths = rng.integers(1, f.max_length + 1, size=n)
-                ids = np.full((n, f.max_length), -1, dtype=np.int64)
-                for i in range(n):
-                    chosen = rng.choice(f.num_ids, size=lengths[i], replace=False, p=p)
-                    ids[i, : lengths[i]] = perm[chosen]
-                feats[f.name] = ids
-                mask = ids >= 0
-                safe = np.where(mask, ids, 0)
-                linear += (w[safe] * mask).sum(axis=1)
-                vec_sum += (v[safe] * mask[..., None]).sum(axis=1)
-                sq_sum += (v[safe] ** 2 * mask[..., None]).sum(axis=1)
-        pairwise = 0.5 * (vec_sum**2 - sq_sum).sum(axis=1)
-        return feats, linear + pairwise
-
-    train_feats, train_y = draw(n_train)
-    test_feats, test_y = draw(n_test)
-    if task == "binary":
-        # w0 so that the mean true probability is about base_rate.
-        lo, hi = -20.0, 20.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if np.mean(1 / (1 + np.exp(-(train_y + mid)))) > base_rate:
-                hi = mid
-            else:
-                lo = mid
-        w0 = (lo + hi) / 2
-    else:
-        w0 = 0.0
-
+    truth = _draw_truth(rng, fields, slots, embedding_dim, interaction_scale)
+    train_feats, train_y = _draw_rows(rng, fields, truth, n_train, embedding_dim, zipf_exponent)
+    test_feats, test_y = _draw_rows(rng, fields, truth, n_test, embedding_dim, zipf_exponent)
+    w0 = _intercept(train_y, base_rate) if task == "binary" else 0.0
     info = {
         "w0": w0,
         "embedding_dim": embedding_dim,
@@ -208,3 +128,100 @@ def make_fm_data(
         return SyntheticData(feats, labels, y, fields, task, noise=noise, info=info)
 
     return finish(train_feats, train_y), finish(test_feats, test_y)
+
+
+def _declare_fields(cardinalities, n_numeric, multivalued_size, multivalued_max_length):
+    """Categorical `c0, c1, ...`, numeric `n0, n1, ...`, then (if any) multi-valued `tags`."""
+    fields = [
+        CategoricalFeature(f"c{i}", encoding="integer", num_ids=int(c))
+        for i, c in enumerate(cardinalities)
+    ]
+    fields += [NumericFeature(f"n{i}") for i in range(n_numeric)]
+    if multivalued_size:
+        fields.append(
+            MultiValuedFeature(
+                "tags",
+                encoding="integer",
+                num_ids=multivalued_size,
+                max_length=multivalued_max_length,
+            )
+        )
+    return fields
+
+
+def _draw_truth(rng, fields, slots, embedding_dim, interaction_scale):
+    """Ground truth per field: `(w (rows,), v (rows, k), permutation of the ids by frequency)`.
+
+    `slots` is the number of non-zero x of a row at most; the scale s of v
+    is chosen so the pairwise term has about `interaction_scale` std.
+    """
+    n_slots_pairs = slots * (slots - 1) / 2
+    # Var(<v_i, v_j>) = k s^4 for independent rows: choose s for the target std.
+    s = (interaction_scale**2 / (n_slots_pairs * embedding_dim)) ** 0.25
+    truth = {}
+    for f in fields:
+        rows = getattr(f, "num_ids", None) or 1
+        truth[f.name] = (
+            rng.normal(0.0, 0.3, size=rows),
+            rng.normal(0.0, s, size=(rows, embedding_dim)),
+            rng.permutation(rows),  # which id is most frequent
+        )
+    return truth
+
+
+def _draw_rows(rng, fields, truth, n, embedding_dim, zipf_exponent):
+    """`n` rows of features and their y_true without w0 (linear + pairwise terms)."""
+    feats = {}
+    linear = np.zeros(n)
+    vec_sum = np.zeros((n, embedding_dim))
+    sq_sum = np.zeros((n, embedding_dim))
+    for f in fields:
+        w, v, perm = truth[f.name]
+        if isinstance(f, CategoricalFeature):
+            ids = perm[
+                rng.choice(f.num_ids, size=n, p=_zipf_probabilities(f.num_ids, zipf_exponent))
+            ]
+            feats[f.name] = ids.astype(np.int64)
+            linear += w[ids]
+            vec_sum += v[ids]
+            sq_sum += v[ids] ** 2
+        elif isinstance(f, NumericFeature):
+            x = rng.normal(0.0, 1.0, size=n)
+            feats[f.name] = x.astype(np.float32)
+            x = x.astype(np.float32).astype(np.float64)
+            linear += w[0] * x
+            vec_sum += v[0] * x[:, None]
+            sq_sum += v[0] ** 2 * x[:, None] ** 2
+        else:
+            ids = _draw_id_lists(rng, f, perm, n, zipf_exponent)
+            feats[f.name] = ids
+            mask = ids >= 0
+            safe = np.where(mask, ids, 0)
+            linear += (w[safe] * mask).sum(axis=1)
+            vec_sum += (v[safe] * mask[..., None]).sum(axis=1)
+            sq_sum += (v[safe] ** 2 * mask[..., None]).sum(axis=1)
+    pairwise = 0.5 * (vec_sum**2 - sq_sum).sum(axis=1)
+    return feats, linear + pairwise
+
+
+def _draw_id_lists(rng, feature, perm, n, zipf_exponent):
+    """`(n, max_length)` int64 ids of a multi-valued feature: 1..max_length distinct, -1 padded."""
+    p = _zipf_probabilities(feature.num_ids, zipf_exponent)
+    lengths = rng.integers(1, feature.max_length + 1, size=n)
+    ids = np.full((n, feature.max_length), -1, dtype=np.int64)
+    for i in range(n):
+        chosen = rng.choice(feature.num_ids, size=lengths[i], replace=False, p=p)
+        ids[i, : lengths[i]] = perm[chosen]
+    return ids
+
+
+def _intercept(y, base_rate):
+    """w0 such that the mean of sigmoid(y + w0) is about `base_rate` (bisection)."""
+    lo, hi = -20.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if np.mean(1 / (1 + np.exp(-(y + mid)))) > base_rate:
+            hi = mid
+        else:
+            lo = mid
+    return (lo + hi) / 2

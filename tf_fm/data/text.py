@@ -18,6 +18,7 @@ batches that have a bad row, records them in a `ReadReport`.
 import logging
 import os
 import threading
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -136,6 +137,34 @@ def check_options(*, batch_size, on_error, task=None, report=None):
         raise ValueError(f"`task` must be one of {TASKS}. Received: task={task!r}")
     if report is not None and not isinstance(report, ReadReport):
         raise TypeError(f"`report` must be a ReadReport. Received: {type(report).__name__}")
+
+
+class PipelineOptions(NamedTuple):
+    """The options every text reader hands to `text_dataset` as given.
+
+    Their meaning is documented once, in `tf_fm.data.read_csv`.
+    """
+
+    batch_size: int
+    shuffle_buffer: int | None
+    seed: int | None
+    drop_remainder: bool
+    on_error: str
+    report: ReadReport | None
+    deterministic: bool | None
+    cycle_length: int | None
+    prefetch: bool
+
+    @classmethod
+    def of(cls, arguments):
+        """The options among a reader's arguments (a mapping such as its `locals()`)."""
+        return cls(**{name: arguments[name] for name in cls._fields})
+
+    def check(self, task):
+        """Validates the options and `task` (see `check_options`)."""
+        check_options(
+            batch_size=self.batch_size, on_error=self.on_error, task=task, report=self.report
+        )
 
 
 def resolve_paths(paths):
@@ -384,28 +413,16 @@ def apply_on_error(outputs, ok, explain, *, file_index, line, paths, on_error, r
         )
 
 
-def text_dataset(
-    files,
-    parse,
-    *,
-    skip_header,
-    compression_type,
-    batch_size,
-    shuffle_buffer,
-    seed,
-    drop_remainder,
-    on_error,
-    report,
-    deterministic,
-    cycle_length,
-    prefetch,
-):
+def text_dataset(files, parse, *, skip_header, compression_type, options):
     """The whole text pipeline: lines -> (shuffle) -> batches -> parse -> check.
 
     `parse(lines)` returns `(rows, ok, explain, finish)`: `rows`, `ok` and
     `explain` as `apply_on_error` takes them (a few batch-major tensors, so
     dropping bad rows is cheap), `finish(rows)` the dataset element.
+    `options` is a `PipelineOptions`.
     """
+    on_error, batch_size = options.on_error, options.batch_size
+    report = options.report
     if on_error == "skip" and report is None:
         report = ReadReport()
     paths = tf.constant(files)
@@ -413,16 +430,16 @@ def text_dataset(
         files,
         skip_header=skip_header,
         compression_type=compression_type,
-        shuffle_files=bool(shuffle_buffer),
-        seed=seed,
-        cycle_length=cycle_length,
-        deterministic=deterministic,
+        shuffle_files=bool(options.shuffle_buffer),
+        seed=options.seed,
+        cycle_length=options.cycle_length,
+        deterministic=options.deterministic,
     )
-    if shuffle_buffer:
-        blocks = shuffle_windows(blocks, shuffle_buffer, seed)
+    if options.shuffle_buffer:
+        blocks = shuffle_windows(blocks, options.shuffle_buffer, options.seed)
     # Skipped lines make batches shorter; only drop_remainder needs them refilled.
-    refill = on_error == "skip" and drop_remainder
-    blocks = blocks.rebatch(batch_size, drop_remainder=drop_remainder and not refill)
+    refill = on_error == "skip" and options.drop_remainder
+    blocks = blocks.rebatch(batch_size, drop_remainder=options.drop_remainder and not refill)
 
     @graph_function
     def parse_block(file_index, line, text):
@@ -439,12 +456,25 @@ def text_dataset(
         )
         return finish(rows)
 
-    dataset = blocks.map(parse_block, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = blocks.map(
+        parse_block, num_parallel_calls=AUTOTUNE, deterministic=options.deterministic
+    )
     if refill:
         dataset = dataset.rebatch(batch_size, drop_remainder=True)
-    if prefetch:
+    if options.prefetch:
         dataset = dataset.prefetch(AUTOTUNE)
     return dataset
+
+
+def first_reason(cases, otherwise):
+    """Per row, the reason of the first `(condition, reason)` case that holds, else `otherwise`.
+
+    What nested `tf.where(condition, reason, ...)` calls say, listed in order.
+    """
+    reason = otherwise
+    for condition, case_reason in reversed(cases):
+        reason = tf.where(condition, case_reason, reason)
+    return reason
 
 
 def quoted(values, limit=40):

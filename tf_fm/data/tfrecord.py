@@ -107,30 +107,9 @@ def write_tfrecords(
     compression = compression_type or ""
     if compression not in ("", "GZIP"):
         raise ValueError(f"`compression_type` must be None or 'GZIP'. Received: {compression!r}")
-    element = dataset.element_spec
-    labeled = isinstance(element, tuple)
-    feature_specs = dict(element[0] if labeled else element)
-    if labeled:
-        if label_key in feature_specs:
-            raise ValueError(f"A feature is named {label_key!r}; pass another `label_key`.")
-        feature_specs[label_key] = element[1]
-    columns = {}
-    for name, spec in feature_specs.items():
-        inner = spec.shape[1:]
-        if spec.shape.rank is None or not inner.is_fully_defined():
-            raise ValueError(f"Feature {name!r} has shape {spec.shape}: inner sizes must be known.")
-        columns[str(name)] = (_kind(spec.dtype), inner.as_list())
-    serialize = _serializer(columns)
-
-    def to_batch(*element):
-        batch = dict(element[0])
-        if labeled:
-            batch[label_key] = element[1]
-        return serialize(batch)
-
-    records = dataset.map(text.graph_function(to_batch), num_parallel_calls=text.AUTOTUNE).prefetch(
-        text.AUTOTUNE
-    )
+    labeled = isinstance(dataset.element_spec, tuple)
+    columns = _columns(dataset.element_spec, label_key)
+    records = _serialized(dataset, columns, label_key if labeled else None)
 
     prefix = os.fspath(path_prefix)
     parent = os.path.dirname(prefix)
@@ -142,16 +121,8 @@ def write_tfrecords(
     temporary = [f"{s}.tmp-{token}" for s in shards]
     spec_file = spec_path(prefix)
     spec_temporary = f"{spec_file}.tmp-{token}"
-    options = tf.io.TFRecordOptions(compression_type=compression)
-    writers = [tf.io.TFRecordWriter(t, options) for t in temporary]
-    rows = 0
     try:
-        for serialized in records.as_numpy_iterator():
-            for record in serialized:
-                writers[rows % num_shards].write(record)
-                rows += 1
-        for writer in writers:
-            writer.close()
+        rows = _write_rows(records, temporary, compression)
         spec = {
             "format": SPEC_FORMAT,
             "label": label_key if labeled else None,
@@ -166,13 +137,60 @@ def write_tfrecords(
         for source, target in zip(temporary, shards, strict=True):
             tf.io.gfile.rename(source, target, overwrite=True)
     except BaseException:
-        for writer in writers:
-            writer.close()
         for path in [*temporary, spec_temporary]:
             if tf.io.gfile.exists(path):
                 tf.io.gfile.remove(path)
         raise
     return shards
+
+
+def _columns(element, label_key):
+    """`{name: (kind, inner shape)}` of every input of a dataset element, the label last."""
+    labeled = isinstance(element, tuple)
+    feature_specs = dict(element[0] if labeled else element)
+    if labeled:
+        if label_key in feature_specs:
+            raise ValueError(f"A feature is named {label_key!r}; pass another `label_key`.")
+        feature_specs[label_key] = element[1]
+    columns = {}
+    for name, spec in feature_specs.items():
+        inner = spec.shape[1:]
+        if spec.shape.rank is None or not inner.is_fully_defined():
+            raise ValueError(f"Feature {name!r} has shape {spec.shape}: inner sizes must be known.")
+        columns[str(name)] = (_kind(spec.dtype), inner.as_list())
+    return columns
+
+
+def _serialized(dataset, columns, label_key):
+    """Dataset of batches of serialized Examples; `label_key` None: no label in the elements."""
+    serialize = _serializer(columns)
+
+    def to_batch(*element):
+        batch = dict(element[0])
+        if label_key is not None:
+            batch[label_key] = element[1]
+        return serialize(batch)
+
+    return dataset.map(text.graph_function(to_batch), num_parallel_calls=text.AUTOTUNE).prefetch(
+        text.AUTOTUNE
+    )
+
+
+def _write_rows(records, paths, compression):
+    """Writes row `r` of `records` to `paths[r % len(paths)]`; returns the number of rows."""
+    options = tf.io.TFRecordOptions(compression_type=compression)
+    writers = [tf.io.TFRecordWriter(path, options) for path in paths]
+    num_shards = len(writers)
+    rows = 0
+    try:
+        for serialized in records.as_numpy_iterator():
+            for record in serialized:
+                writers[rows % num_shards].write(record)
+                rows += 1
+    finally:
+        for writer in writers:
+            writer.close()
+    return rows
 
 
 def load_spec(spec, files=()):

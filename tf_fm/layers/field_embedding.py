@@ -1,3 +1,5 @@
+from typing import NamedTuple
+
 import keras
 import numpy as np
 from keras import ops
@@ -5,6 +7,7 @@ from keras import ops
 from tf_fm import tables
 from tf_fm.features import OUT_OF_RANGE_MODES, PADDING_ID, field_config, weights_input_name
 from tf_fm.layers import _tf_ops
+
 
 def _concat(parts):
     return parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=1)
@@ -15,6 +18,37 @@ def _sum(parts):
     for part in parts[1:]:
         total = total + part
     return total
+
+
+def _check_arguments(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2):
+    if not fields:
+        raise ValueError("`fields` must name at least one field. Received: fields=[]")
+    names = [f["name"] for f in fields]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"Field names must be unique. Repeated: {duplicates}")
+    if not isinstance(embedding_dim, int) or embedding_dim <= 0:
+        raise ValueError(
+            f"`embedding_dim` must be a positive integer. Received: embedding_dim={embedding_dim}"
+        )
+    if out_of_range not in OUT_OF_RANGE_MODES:
+        raise ValueError(
+            f"`out_of_range` must be one of {OUT_OF_RANGE_MODES}. "
+            f"Received: out_of_range={out_of_range!r}"
+        )
+    for arg, value in (("embeddings_l2", embeddings_l2), ("linear_l2", linear_l2)):
+        if value < 0:
+            raise ValueError(f"`{arg}` must be >= 0. Received: {arg}={value}")
+
+
+class _Terms(NamedTuple):
+    """One group of fields' part of the layer's outputs, in the group's field order."""
+
+    embeddings: list  # blocks of (batch, fields, k)
+    squared: list  # the same shapes
+    linear: object  # (batch, 1)
+    l2_factors: object  # (batch,), None without embeddings_l2
+    l2_linear: object  # (batch,), None without linear_l2
 
 
 @keras.saving.register_keras_serializable(package="tf_fm")
@@ -108,25 +142,7 @@ class FieldEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         fields = [field_config(f) for f in fields]
-        if not fields:
-            raise ValueError("`fields` must name at least one field. Received: fields=[]")
-        names = [f["name"] for f in fields]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"Field names must be unique. Repeated: {duplicates}")
-        if not isinstance(embedding_dim, int) or embedding_dim <= 0:
-            raise ValueError(
-                "`embedding_dim` must be a positive integer. "
-                f"Received: embedding_dim={embedding_dim}"
-            )
-        if out_of_range not in OUT_OF_RANGE_MODES:
-            raise ValueError(
-                f"`out_of_range` must be one of {OUT_OF_RANGE_MODES}. "
-                f"Received: out_of_range={out_of_range!r}"
-            )
-        for arg, value in (("embeddings_l2", embeddings_l2), ("linear_l2", linear_l2)):
-            if value < 0:
-                raise ValueError(f"`{arg}` must be >= 0. Received: {arg}={value}")
+        _check_arguments(fields, embedding_dim, out_of_range, embeddings_l2, linear_l2)
         super().__init__(**kwargs)
         self.fields = fields
         self.embedding_dim = embedding_dim
@@ -137,25 +153,35 @@ class FieldEmbedding(keras.layers.Layer):
         self.linear_initializer = keras.initializers.get(linear_initializer)
         self.embeddings_l2 = float(embeddings_l2)
         self.linear_l2 = float(linear_l2)
+        self._lay_out_table()
+        self._group_fields()
 
-        # Row layout of the fused table: one block per field, in field order,
-        # then (if any field is multi-valued) one padding row.
-        oov_rows = 1 if out_of_range == "oov" else 0
+    def _lay_out_table(self):
+        """Row layout of the fused table: a block of rows per field, in field order.
+
+        Then, if any field is multi-valued, one padding row.
+        """
+        oov_rows = 1 if self.out_of_range == "oov" else 0
         self.offsets = []
         rows = 0
-        for f in fields:
+        for f in self.fields:
             self.offsets.append(rows)
             rows += 1 if f["kind"] == "numeric" else f["vocabulary_size"] + oov_rows
-        self.padding_row = rows if any(f["kind"] == "multivalued" for f in fields) else None
+        self.padding_row = rows if any(f["kind"] == "multivalued" for f in self.fields) else None
         self.total_rows = rows + (1 if self.padding_row is not None else 0)
 
-        # Inside `call` the fields are handled grouped by kind (a few batched
-        # ops instead of a few per field): the fields that look rows up by id
-        # (categorical, multi-valued) with one gather of `(batch, slots)` rows,
-        # the numeric fields (one fixed row each) with one gather of those
-        # rows, broadcast over the batch: they add no per-example rows to the
-        # gather, its gradient or the optimizer's deduplication. The outputs
-        # are put back in declared order with `_order`.
+    def _group_fields(self):
+        """The fields grouped by kind, as `call` handles them.
+
+        A few batched ops instead of a few per field: the fields that look
+        rows up by id (categorical, multi-valued) with one gather of
+        `(batch, slots)` rows, the numeric fields (one fixed row each) with
+        one gather of those rows, broadcast over the batch: they add no
+        per-example rows to the gather, its gradient or the optimizer's
+        deduplication. The outputs are put back in declared order with
+        `_order`.
+        """
+        fields = self.fields
         offset_of = dict(zip(self.field_names, self.offsets, strict=True))
         group_order = ("categorical", "multivalued", "numeric")
         self._grouped = [f for kind in group_order for f in fields if f["kind"] == kind]
@@ -298,81 +324,96 @@ class FieldEmbedding(keras.layers.Layer):
             rows = ops.where(padding, self.padding_row, rows)
         return rows, values
 
-    def call(self, inputs):
-        k = self.embedding_dim
-        embeddings, squared, linear = [], [], []  # per group of fields, grouped order
-        l2_factors, l2_linear = [], []  # per group: (batch,) penalty sums
+    def _id_terms(self, inputs):
+        """Terms of the categorical and multi-valued fields: one gather of their rows."""
+        rows, values = self._id_rows(inputs)
+        gathered = _tf_ops.resource_gather(self.table, rows)  # (batch, slots, k + 1)
+        # v (batch, slots, k) and w (batch, slots, 1). A split, not two
+        # slices: its gradient is one concatenation, where two slices'
+        # gradients are two zero-filled full-size tensors and their sum.
+        factors, weights = ops.split(gathered, [self.embedding_dim], axis=-1)
+        if values is None:  # categorical only: x = 1, one id per field
+            return self._one_id_terms(factors, weights)
+        return self._weighted_id_terms(factors, weights[..., 0], values)
 
-        if self._slots["field"]:  # categorical and multi-valued fields
-            rows, values = self._id_rows(inputs)
-            gathered = _tf_ops.resource_gather(self.table, rows)  # (batch, slots, k + 1)
-            # v (batch, slots, k) and w (batch, slots, 1). A split, not two
-            # slices: its gradient is one concatenation, where two slices'
-            # gradients are two zero-filled full-size tensors and their sum.
-            factors, weights = ops.split(gathered, [k], axis=-1)
-            lengths = [
-                f["max_length"] if f["kind"] == "multivalued" else 1
-                for f in self._grouped
-                if f["kind"] != "numeric"
-            ]
-            if values is None:  # categorical only: x = 1, one id per field
-                # v^2 is both the squared embedding and the penalty's summand.
-                squares = ops.square(factors)
-                embeddings.append(factors)
-                squared.append(squares)
-                linear.append(ops.sum(weights, axis=1))  # (batch, 1)
-                if self.embeddings_l2:
-                    l2_factors.append(ops.sum(squares, axis=(1, 2)))
-                if self.linear_l2:
-                    l2_linear.append(ops.sum(ops.square(weights), axis=(1, 2)))
+    def _one_id_terms(self, factors, weights):
+        """Terms of categorical fields only: v `(batch, fields, k)`, w `(batch, fields, 1)`."""
+        # v^2 is both the squared embedding and the penalty's summand.
+        squares = ops.square(factors)
+        return _Terms(
+            embeddings=[factors],
+            squared=[squares],
+            linear=ops.sum(weights, axis=1),  # (batch, 1)
+            l2_factors=ops.sum(squares, axis=(1, 2)) if self.embeddings_l2 else None,
+            l2_linear=ops.sum(ops.square(weights), axis=(1, 2)) if self.linear_l2 else None,
+        )
+
+    def _weighted_id_terms(self, factors, weights, values):
+        """Terms of id slots with x values: v `(batch, slots, k)`, w and x `(batch, slots)`."""
+        lengths = [
+            f["max_length"] if f["kind"] == "multivalued" else 1
+            for f in self._grouped
+            if f["kind"] != "numeric"
+        ]
+        terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
+        linear = ops.sum(weights * values, axis=1, keepdims=True)
+        embeddings, squared = [], []
+        start = 0
+        for n in lengths:
+            block = terms[:, start : start + n, :]
+            if n == 1:
+                embeddings.append(block)
+                squared.append(ops.square(block))
             else:
-                weights = weights[..., 0]  # (batch, slots)
-                terms = factors * values[..., None]  # x_i v_i, (batch, slots, k)
-                linear.append(ops.sum(weights * values, axis=1, keepdims=True))
-                start = 0
-                for n in lengths:
-                    block = terms[:, start : start + n, :]
-                    if n == 1:
-                        embeddings.append(block)
-                        squared.append(ops.square(block))
-                    else:
-                        embeddings.append(ops.sum(block, axis=1, keepdims=True))
-                        squared.append(ops.sum(ops.square(block), axis=1, keepdims=True))
-                    start += n
-                used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)
-                if self.embeddings_l2:
-                    per_slot = ops.sum(ops.square(factors), axis=-1)  # (batch, slots)
-                    l2_factors.append(ops.sum(per_slot * used, axis=1))
-                if self.linear_l2:
-                    l2_linear.append(ops.sum(ops.square(weights) * used, axis=1))
+                embeddings.append(ops.sum(block, axis=1, keepdims=True))
+                squared.append(ops.sum(ops.square(block), axis=1, keepdims=True))
+            start += n
+        used = ops.cast(ops.not_equal(values, 0.0), self.variable_dtype)
+        l2_factors = l2_linear = None
+        if self.embeddings_l2:
+            per_slot = ops.sum(ops.square(factors), axis=-1)  # (batch, slots)
+            l2_factors = ops.sum(per_slot * used, axis=1)
+        if self.linear_l2:
+            l2_linear = ops.sum(ops.square(weights) * used, axis=1)
+        return _Terms(embeddings, squared, linear, l2_factors, l2_linear)
 
-        if self._numeric_rows:  # one fixed row per field, scaled by x
-            numeric = [f["name"] for f in self._grouped if f["kind"] == "numeric"]
-            dtype = self.variable_dtype
-            x = ops.stack([self._input(inputs, n, dtype, ()) for n in numeric], axis=1)
-            row = _tf_ops.resource_gather(self.table, np.asarray(self._numeric_rows, "int64"))
-            v, w = row[:, :k], row[:, k:]  # (numeric, k), (numeric, 1)
-            terms = x[..., None] * v  # x_i v_i, (batch, numeric, k)
-            embeddings.append(terms)
-            squared.append(ops.square(terms))  # one value per field: (x v)^2
-            linear.append(ops.matmul(x, w))  # (batch, 1)
-            used = ops.cast(ops.not_equal(x, 0.0), dtype)  # (batch, numeric)
-            if self.embeddings_l2:
-                l2_factors.append(ops.matmul(used, ops.sum(ops.square(v), axis=1)))
-            if self.linear_l2:
-                l2_linear.append(ops.matmul(used, ops.square(w[:, 0])))
+    def _numeric_terms(self, inputs):
+        """Terms of the numeric fields: one fixed row per field, scaled by x."""
+        k = self.embedding_dim
+        numeric = [f["name"] for f in self._grouped if f["kind"] == "numeric"]
+        dtype = self.variable_dtype
+        x = ops.stack([self._input(inputs, n, dtype, ()) for n in numeric], axis=1)
+        row = _tf_ops.resource_gather(self.table, np.asarray(self._numeric_rows, "int64"))
+        v, w = row[:, :k], row[:, k:]  # (numeric, k), (numeric, 1)
+        terms = x[..., None] * v  # x_i v_i, (batch, numeric, k)
+        squared = ops.square(terms)  # one value per field: (x v)^2
+        linear = ops.matmul(x, w)  # (batch, 1)
+        used = ops.cast(ops.not_equal(x, 0.0), dtype)  # (batch, numeric)
+        l2_factors = l2_linear = None
+        if self.embeddings_l2:
+            l2_factors = ops.matmul(used, ops.sum(ops.square(v), axis=1))
+        if self.linear_l2:
+            l2_linear = ops.matmul(used, ops.square(w[:, 0]))
+        return _Terms([terms], [squared], linear, l2_factors, l2_linear)
 
-        embeddings = _concat(embeddings)  # (batch, fields, k), grouped order
-        squared = _concat(squared)
-        linear = _sum(linear)  # (batch, 1)
+    def call(self, inputs):
+        groups = []  # grouped order: the id fields, then the numeric fields
+        if self._slots["field"]:  # categorical and multi-valued fields
+            groups.append(self._id_terms(inputs))
+        if self._numeric_rows:
+            groups.append(self._numeric_terms(inputs))
+
+        embeddings = _concat([e for g in groups for e in g.embeddings])  # (batch, fields, k)
+        squared = _concat([s for g in groups for s in g.squared])
+        linear = _sum([g.linear for g in groups])  # (batch, 1)
         if self._order is not None:  # back to the declared field order
             embeddings = ops.take(embeddings, self._order, axis=1)
             squared = ops.take(squared, self._order, axis=1)
 
         if self.embeddings_l2:
-            self.add_loss(self.embeddings_l2 * ops.mean(_sum(l2_factors)))
+            self.add_loss(self.embeddings_l2 * ops.mean(_sum([g.l2_factors for g in groups])))
         if self.linear_l2:
-            self.add_loss(self.linear_l2 * ops.mean(_sum(l2_linear)))
+            self.add_loss(self.linear_l2 * ops.mean(_sum([g.l2_linear for g in groups])))
 
         dtype = self.compute_dtype
         return {
