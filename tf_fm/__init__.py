@@ -23,10 +23,15 @@ _EXPORTS = {
     "infer_schema": "tf_fm.schema",
     "FieldEmbedding": "tf_fm.layers",
     "FMInteraction": "tf_fm.layers",
+    "AnovaInteraction": "tf_fm.layers",
+    "FwFMInteraction": "tf_fm.layers",
     "GlobalBias": "tf_fm.layers",
     "PredictionHead": "tf_fm.layers",
     "FM": "tf_fm.models",
     "DeepFM": "tf_fm.models",
+    "HOFM": "tf_fm.models",
+    "FwFM": "tf_fm.models",
+    "NFM": "tf_fm.models",
     "compile_model": "tf_fm.models",
     "default_callbacks": "tf_fm.models",
     "describe_model": "tf_fm.models",
@@ -74,8 +79,23 @@ if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from tf_fm import data, export, features, layers, optimizers, plots  # noqa: F401
     from tf_fm.export import export_saved_model, to_predict_request, to_rest_json  # noqa: F401
     from tf_fm.features import CategoricalFeature, MultiValuedFeature, NumericFeature  # noqa: F401
-    from tf_fm.layers import FieldEmbedding, FMInteraction, GlobalBias, PredictionHead  # noqa: F401
-    from tf_fm.models import FM, DeepFM, compile_model, default_callbacks  # noqa: F401
+    from tf_fm.layers import (  # noqa: F401
+        AnovaInteraction,
+        FieldEmbedding,
+        FMInteraction,
+        FwFMInteraction,
+        GlobalBias,
+        PredictionHead,
+    )
+    from tf_fm.models import (  # noqa: F401
+        FM,
+        HOFM,
+        NFM,
+        DeepFM,
+        FwFM,
+        compile_model,
+        default_callbacks,
+    )
     from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD  # noqa: F401
     from tf_fm.schema import FeaturePreprocessor, FeatureSchema, infer_schema  # noqa: F401
     from tf_fm.training import Run, train  # noqa: F401

@@ -90,7 +90,7 @@ class ModelInfo:
 
 
 def describe_model(model: keras.Model) -> ModelInfo:
-    """The task, logit, output and tables of a model built by `FM` / `DeepFM`.
+    """The task, logit, output and tables of a model built by `FM`, `DeepFM`, `HOFM`, etc.
 
     The model records them itself: its last layer is a `PredictionHead`
     (whose config holds the task and whose input is the logit) and its
@@ -309,14 +309,13 @@ def DeepFM(
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
 
 
-def _higher_order_terms(embedding, embedded, inputs, order, shared_embeddings):
-    """The ANOVA terms of orders 3..order: layers in, `(batch, 1)` tensors out."""
+def _higher_order_layers(embedding, order, shared_embeddings):
+    """The (table, ANOVA layer) pairs of orders 3..order; table None: the FM's own table."""
     if order == 2:
         return []
-    if shared_embeddings:  # one dynamic programme gives every order
-        anova = AnovaInteraction(order=order, min_order=3, name="anova_interaction")
-        return [anova(embedded["embeddings"])]
-    terms = []
+    if shared_embeddings:  # one pass of the dynamic programme gives every order
+        return [(None, AnovaInteraction(order=order, min_order=3, name="anova_interaction"))]
+    layers = []
     for m in range(3, order + 1):
         # One table per order (Blondel et al. 2016); only its factors are used.
         table = FieldEmbedding(
@@ -327,9 +326,8 @@ def _higher_order_terms(embedding, embedded, inputs, order, shared_embeddings):
             linear_l2=0.0,
             name=f"field_embedding_{m}",
         )
-        anova = AnovaInteraction(order=m, name=f"anova_interaction_{m}")
-        terms.append(anova(table(inputs)["embeddings"]))
-    return terms
+        layers.append((table, AnovaInteraction(order=m, name=f"anova_interaction_{m}")))
+    return layers
 
 
 def HOFM(
@@ -360,12 +358,10 @@ def HOFM(
       fields); for a multi-valued field the subsets holding two or more of
       its ids are left out (see `AnovaInteraction`).
 
-    Layers: `field_embedding` (the order-2 factors and the first-order
-    weights w), then per order m >= 3 `field_embedding_<m>` (its table's
-    weight column is unused) and `anova_interaction_<m>`; with shared
-    embeddings one `anova_interaction` for all orders 3..order (one pass of
-    the dynamic programme). Each table is a `tf_fm.tables` table, so the
-    sparse-row optimizers update only the rows of the batch in all of them.
+    Layers: `field_embedding` (order-2 factors and first-order weights),
+    per order m >= 3 `field_embedding_<m>` (its weight column unused) and
+    `anova_interaction_<m>`; shared: one `anova_interaction` for orders
+    3..order (one pass). The sparse-row optimizers update every table.
 
     Args:
         fields: an adapted `FeatureSchema` or a list of features / field
@@ -407,13 +403,16 @@ def HOFM(
         )
     # === Layers ===
     embedding = _field_embedding(field_dicts, embedding_dim, out_of_range, embeddings_l2, linear_l2)
+    higher = _higher_order_layers(embedding, order, shared_embeddings)
     bias = GlobalBias(name="logit")
     output = _output_layer(task)
 
     # === Functional Model ===
     inputs, embedded, pairwise = _fm_terms(embedding)
-    higher = _higher_order_terms(embedding, embedded, inputs, order, shared_embeddings)
-    logit = bias([embedded["linear"], pairwise, *higher])
+    terms = [embedded["linear"], pairwise]
+    for table, anova in higher:
+        terms.append(anova((embedded if table is None else table(inputs))["embeddings"]))
+    logit = bias(terms)
     outputs = output(logit)
 
     # === Config ===
@@ -437,7 +436,7 @@ def FwFM(
     all pairs of non-zero x_i of a row, as in `FM`; two ids of one
     multi-valued field interact with their field's weight r_ff. The
     first-order part is the per-feature weights w_i x_i, as in `FM` (the
-    paper's FwFM with an LR linear part; FuxiCTR's `linear_type="LW"`).
+    paper's main formulation; FuxiCTR's `linear_type="LW"`).
 
     Args:
         fields: an adapted `FeatureSchema` or a list of features / field
@@ -582,7 +581,7 @@ def compile_model(
     metrics: bool | list = True,
     **compile_kwargs,
 ) -> keras.Model:
-    """Compile an `FM` / `DeepFM` model with the package's defaults.
+    """Compile a model of this module (`FM`, `DeepFM`, `HOFM`, ...) with the package's defaults.
 
     * optimizer: `tf_fm.optimizers.LazyAdam(learning_rate)`: Adam on the DNN
       and biases, and on the embedding tables an update of only the rows the
@@ -596,7 +595,7 @@ def compile_model(
       take (XLA is off on CPU anyway).
 
     Args:
-        model: a model built by `FM` or `DeepFM`.
+        model: a model built by `FM`, `DeepFM`, `HOFM`, `FwFM` or `NFM`.
         learning_rate: float. Defaults to 1e-3.
         optimizer: a Keras optimizer to use instead of `LazyAdam`.
         metrics: bool or list. True for the defaults above.

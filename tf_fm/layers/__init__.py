@@ -1,8 +1,17 @@
 """Keras layers of tf_fm."""
 
+from tf_fm.layers.anova_interaction import AnovaInteraction
 from tf_fm.layers.field_embedding import FieldEmbedding
 from tf_fm.layers.fm_interaction import FMInteraction
+from tf_fm.layers.fwfm_interaction import FwFMInteraction
 from tf_fm.layers.global_bias import GlobalBias
 from tf_fm.layers.prediction_head import PredictionHead
 
-__all__ = ["FieldEmbedding", "FMInteraction", "GlobalBias", "PredictionHead"]
+__all__ = [
+    "AnovaInteraction",
+    "FieldEmbedding",
+    "FMInteraction",
+    "FwFMInteraction",
+    "GlobalBias",
+    "PredictionHead",
+]
