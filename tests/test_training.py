@@ -103,3 +103,23 @@ def test_train_rejects_bad_settings_before_reading(tmp_path):
         training.train(str(tmp_path), format="parquet", output=tmp_path / "r")
     with pytest.raises(UsageError, match="not a tf-fm run directory"):
         training.Run.load(tmp_path)
+
+
+@pytest.mark.parametrize("model", ["hofm", "fwfm", "nfm"])
+def test_train_runs_every_model_of_the_family(tmp_path, model):
+    train_file, valid_file = _csv_files(tmp_path)
+    run = training.train(
+        str(train_file),
+        format="csv",
+        label="click",
+        valid=str(valid_file),
+        output=tmp_path / model,
+        model=model,
+        epochs=2,
+        batch_size=256,
+        log=lambda line: None,
+        verbose=0,
+    )
+    assert run.config["model"] == model
+    assert tf_fm.describe_model(run.model()).task == "binary"
+    assert run.predict(str(valid_file)).shape == (300,)

@@ -66,7 +66,8 @@ def cmd_train(args):
         numeric=args.numeric or (),
         model=args.model,
         embedding_dim=args.embedding_dim,
-        dnn_units=_parse_units(args.dnn_units),
+        dnn_units=_parse_units(args.dnn_units) if args.dnn_units else None,
+        order=args.order,
         dropout=args.dropout,
         batch_norm=args.batch_norm,
         l2=args.l2,
@@ -393,26 +394,32 @@ def build_parser():
     model = train.add_argument_group("model")
     model.add_argument(
         "--model",
-        choices=["fm", "deepfm"],
+        choices=["fm", "deepfm", "hofm", "fwfm", "nfm"],
         default="deepfm",
-        help="fm: Factorization Machine; deepfm: FM + DNN on the same embeddings (default: deepfm)",
+        help="fm: Factorization Machine; deepfm: FM + DNN on the same embeddings; hofm: "
+        "higher-order FM (--order); fwfm: field-weighted FM; nfm: neural FM (default: deepfm)",
+    )
+    model.add_argument(
+        "--order", type=int, default=3, help="hofm: highest interaction order (default: 3)"
     )
     model.add_argument(
         "--embedding-dim", type=int, default=10, help="k, the factor size per feature (default: 10)"
     )
     model.add_argument(
         "--dnn-units",
-        default="400,400,400",
-        help="DeepFM hidden layer sizes, comma separated (default: 400,400,400)",
+        help="DeepFM / NFM hidden layer sizes, comma separated (default: DeepFM 400,400,400; "
+        "NFM 64)",
     )
     model.add_argument(
         "--dropout",
         type=float,
-        default=0.5,
-        help="DeepFM dropout rate after each hidden layer (default: 0.5)",
+        help="DeepFM / NFM dropout rate after each hidden layer (default: DeepFM 0.5, NFM 0.2)",
     )
     model.add_argument(
-        "--batch-norm", action="store_true", help="batch normalization in the DeepFM DNN"
+        "--batch-norm",
+        action="store_true",
+        default=None,
+        help="batch normalization in the DNN (default: DeepFM off, NFM on)",
     )
     model.add_argument(
         "--l2",

@@ -61,7 +61,7 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 BACKUP_DIR = "backup"
 LOCK_FILE = ".lock"
-MODELS = ("fm", "deepfm")
+MODELS = ("fm", "deepfm", "hofm", "fwfm", "nfm")
 # Most epochs of a run with validation files: the BARS protocol's cap; early
 # stopping (`default_callbacks`) ends the run long before on real data.
 EPOCHS_WITH_VALIDATION = 100
@@ -152,32 +152,46 @@ def training_callbacks(
 
 @dataclasses.dataclass
 class ModelOptions:
-    """The model of a run: `FM` or `DeepFM` and their main arguments.
+    """The model of a run (`tf_fm.models` builders) and its main arguments.
 
     Args:
-        model: `"fm"` or `"deepfm"`. Defaults to `"deepfm"`.
+        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"` or `"nfm"`. Defaults
+            to `"deepfm"`.
         embedding_dim: int. Factor size k. Defaults to 10.
-        dnn_units: sequence of int. DeepFM hidden layers. Defaults to
-            (400, 400, 400).
-        dropout: float. DeepFM dropout. Defaults to 0.5.
-        batch_norm: bool. DeepFM batch normalization. Defaults to False.
+        dnn_units: sequence of int or None. Hidden layers of DeepFM / NFM;
+            None takes the builder's default (DeepFM 400-400-400, NFM 64).
+        dropout: float or None. DNN dropout of DeepFM / NFM; None takes the
+            builder's default (DeepFM 0.5, NFM 0.2).
+        batch_norm: bool or None. DNN batch normalization; None takes the
+            builder's default (DeepFM off, NFM on).
         l2: float. L2 on the embedding and first-order rows each example
             uses. Defaults to 1e-5.
         learning_rate: float. Initial LazyAdam learning rate. Defaults to 1e-3.
+        order: int. HOFM: the highest interaction order. Defaults to 3.
     """
 
     model: str = "deepfm"
     embedding_dim: int = 10
-    dnn_units: Sequence[int] = (400, 400, 400)
-    dropout: float = 0.5
-    batch_norm: bool = False
+    dnn_units: Sequence[int] | None = None
+    dropout: float | None = None
+    batch_norm: bool | None = None
     l2: float = 1e-5
     learning_rate: float = 1e-3
+    order: int = 3
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise UsageError(f"model must be one of {MODELS}. Received: {self.model!r}")
-        self.dnn_units = [int(u) for u in self.dnn_units]
+        if self.dnn_units is not None:
+            self.dnn_units = [int(u) for u in self.dnn_units]
+
+    def _dnn_args(self):
+        given = {
+            "dnn_units": self.dnn_units,
+            "dnn_dropout": self.dropout,
+            "dnn_batch_norm": self.batch_norm,
+        }
+        return {k: v for k, v in given.items() if v is not None}
 
     def build(self, schema: FeatureSchema, task: str) -> keras.Model:
         """The compiled model on `schema`'s fields."""
@@ -187,16 +201,14 @@ class ModelOptions:
             "embeddings_l2": self.l2,
             "linear_l2": self.l2,
         }
-        if self.model == "fm":
-            model = models_lib.FM(schema, **common)
-        else:
-            model = models_lib.DeepFM(
-                schema,
-                dnn_units=self.dnn_units,
-                dnn_dropout=self.dropout,
-                dnn_batch_norm=self.batch_norm,
-                **common,
-            )
+        builders = {
+            "fm": lambda: models_lib.FM(schema, **common),
+            "deepfm": lambda: models_lib.DeepFM(schema, **self._dnn_args(), **common),
+            "hofm": lambda: models_lib.HOFM(schema, order=self.order, **common),
+            "fwfm": lambda: models_lib.FwFM(schema, **common),
+            "nfm": lambda: models_lib.NFM(schema, **self._dnn_args(), **common),
+        }
+        model = builders[self.model]()
         return models_lib.compile_model(model, learning_rate=self.learning_rate)
 
 
@@ -644,14 +656,15 @@ def train(
             multi-valued cell separator.
         min_count, categorical, numeric: schema inference (see
             `tf_fm.data.formats.infer_format_schema`).
-        model: `"fm"`, `"deepfm"` or a `ModelOptions`. Defaults to `"deepfm"`.
+        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"`, `"nfm"` or a
+            `ModelOptions`. Defaults to `"deepfm"`.
         settings: `TrainSettings` or None (defaults, updated by `options`).
         overwrite: bool. Replace a finished run in `output`. Defaults to False.
         plots: directory for training curves, ROC and calibration PNGs.
         log: callable printing one line. Defaults to `print`.
         verbose: Keras `fit` verbosity; None picks one for the terminal.
         **options: fields of `ModelOptions` (`embedding_dim`, `dnn_units`,
-            `dropout`, `batch_norm`, `l2`, `learning_rate`) and of
+            `dropout`, `batch_norm`, `l2`, `learning_rate`, `order`) and of
             `TrainSettings` (`epochs`, `batch_size`, `patience`, `seed`,
             `shuffle_buffer`, `on_error`).
 
