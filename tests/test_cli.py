@@ -349,6 +349,7 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     assert cli.main(["demo", "--rows", "5000", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "Bayes-optimal (true probabilities)" in out and "\nDeepFM " in out
+    assert out.count("(at most 1 epochs,") == 2  # the same cap for both models
     assert (tmp_path / "saved_models" / "deepfm_demo" / "1" / "saved_model.pb").is_file()
     for name in ("fm_training_curves", "deepfm_training_curves", "roc", "calibration"):
         assert (tmp_path / "plots" / "demo" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -81,8 +81,8 @@ def run(
         seconds = time.monotonic() - began
         predictions = model.predict(test.features, batch_size=4096, verbose=0).reshape(-1)
         got = test.evaluate(predictions)
-        epochs = len(history.history["loss"])
-        rows.append((name, got["auc"], got["logloss"], epochs, seconds))
+        epochs_run = len(history.history["loss"])
+        rows.append((name, got["auc"], got["logloss"], epochs_run, seconds))
         curves[name] = predictions
         models[name] = model
         plots_lib.plot_training_curves(
@@ -90,8 +90,8 @@ def run(
         )
 
     log(f"\n{'model':<36} {'test AUC':>9} {'logloss':>9} {'AUC gap':>9} {'epochs':>7}")
-    for name, auc, logloss, epochs, seconds in rows:
-        tail = f" {epochs:>7}  ({seconds:.0f} s)" if epochs else ""
+    for name, auc, logloss, epochs_run, seconds in rows:
+        tail = f" {epochs_run:>7}  ({seconds:.0f} s)" if epochs_run else ""
         log(f"{name:<36} {auc:9.4f} {logloss:9.4f} {bayes['auc'] - auc:9.4f}{tail}")
 
     paths = [plots_dir / f"{n.lower()}_training_curves.png" for n in models]
