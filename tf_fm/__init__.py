@@ -35,6 +35,7 @@ _EXPORTS = {
     "compile_model": "tf_fm.models",
     "default_callbacks": "tf_fm.models",
     "describe_model": "tf_fm.models",
+    "explain": "tf_fm.explanations",
     "LazyAdam": "tf_fm.optimizers",
     "SparseAdagrad": "tf_fm.optimizers",
     "SparseSGD": "tf_fm.optimizers",
@@ -46,6 +47,7 @@ _EXPORTS = {
 }
 _SUBMODULES = (
     "data",
+    "explanations",
     "export",
     "features",
     "layers",
@@ -77,6 +79,7 @@ def __dir__():
 
 if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
     from tf_fm import data, export, features, layers, optimizers, plots  # noqa: F401
+    from tf_fm.explanations import explain  # noqa: F401
     from tf_fm.export import export_saved_model, to_predict_request, to_rest_json  # noqa: F401
     from tf_fm.features import CategoricalFeature, MultiValuedFeature, NumericFeature  # noqa: F401
     from tf_fm.layers import (  # noqa: F401

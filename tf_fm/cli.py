@@ -130,6 +130,35 @@ def cmd_export(args):
     return 0
 
 
+def cmd_explain(args):
+    from tf_fm import plots, training
+    from tf_fm.explanations import explain, read_model_inputs
+
+    if args.rows < 1 or args.top < 1:
+        raise UsageError(f"--rows and --top must be positive, got {args.rows} and {args.top}")
+    run = training.Run.load(args.run)
+    inputs = read_model_inputs(run, args.data, args.rows)
+    try:
+        explanation = explain(run.model(), inputs)
+    except NotImplementedError as error:  # HOFM, NFM: a usage error, not a crash
+        raise UsageError(str(error)) from None
+    for row, logit in enumerate(explanation.logit):
+        dnn = ""
+        if explanation.dnn is not None:
+            dnn = f", DNN {explanation.dnn_baseline + explanation.dnn[row].sum():+.4f}"
+        _say(
+            f"row {row}: logit {logit:+.4f} = bias {explanation.bias:+.4f}, first order "
+            f"{explanation.first_order[row].sum():+.4f}, pairs "
+            f"{explanation.pairs[row].sum():+.4f}{dnn}"
+        )
+        for a, b, value in explanation.top_pairs(row, args.top):
+            _say(f"  {a} x {b}: {value:+.4f}" if a != b else f"  within {a}: {value:+.4f}")
+    if args.plot:
+        plots.plot_pair_contributions(explanation.pairs, explanation.field_names, path=args.plot)
+        _say(f"Plot: {args.plot}")
+    return 0
+
+
 def _version_dir(path):
     from tf_fm import export
 
@@ -485,6 +514,19 @@ def build_parser():
     _add_data_flags(predict, formats=False)
     predict.add_argument("--output", required=True, help="CSV file to write")
     predict.add_argument("--batch-size", type=int, default=4096, help="(default: 4096)")
+    explain = verb(
+        "explain",
+        cmd_explain,
+        "split a trained FM / FwFM / DeepFM run's logits into bias, first-order and field-pair "
+        "terms (DeepFM's DNN by integrated gradients); top pairs per row, a heat map",
+    )
+    explain.add_argument("run", help="run directory written by `tf-fm train`")
+    _add_data_flags(explain, formats=False)
+    explain.add_argument("--rows", type=int, default=5, help="first rows to explain (default: 5)")
+    explain.add_argument("--top", type=int, default=5, help="pairs shown per row (default: 5)")
+    explain.add_argument(
+        "--plot", metavar="PNG", help="write the field-pair heat map (mean |contribution|) here"
+    )
 
     # --- export / verify / inspect ---
     export = verb("export", cmd_export, "export a trained run as a verified SavedModel")

@@ -13,6 +13,8 @@ renamed (`os.replace`), so a reader never sees a half-written file.
 * `plot_calibration`: reliability diagram (quantile bins by default) above a
   histogram of the predictions.
 * `plot_predicted_vs_actual`: regression predictions against the targets.
+* `plot_pair_contributions`: heat map of the mean |contribution| of each pair
+  of fields (`tf_fm.explain`).
 * `save_plots`: the ones that apply to a run, written into one directory.
 
 Example:
@@ -27,7 +29,7 @@ import json
 import os
 import pathlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import figure as mpl_figure
@@ -45,6 +47,7 @@ __all__ = [
     "best_epoch",
     "calibration_bins",
     "plot_calibration",
+    "plot_pair_contributions",
     "plot_predicted_vs_actual",
     "plot_roc",
     "plot_training_curves",
@@ -567,6 +570,58 @@ def plot_predicted_vs_actual(
     ax.set(xlabel="actual", ylabel="predicted")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize="small", markerscale=3)
+    return _finish(figure, path, title)
+
+
+def plot_pair_contributions(
+    pairs: np.ndarray,
+    field_names: Sequence[str],
+    path: PathLike | None = None,
+    title: str | None = None,
+) -> "Figure":
+    """Heat map of the mean |contribution| of each pair of fields to the logit.
+
+    The cells above the diagonal are the field pairs (f, g), f < g; the
+    diagonal holds the pairs of features inside one field (multi-valued
+    fields); below the diagonal is left blank. The values come from
+    `tf_fm.explain` (`Explanation.pairs` or `Explanation.mean_abs_pairs()`).
+
+    Args:
+        pairs: `(n, F, F)` per-row pair contributions (their mean absolute
+            value is drawn), or an `(F, F)` array drawn as its absolute value.
+        field_names: the F field names, in the order of the field axes.
+        path: str or path-like, or None. Also write the figure there.
+            Defaults to None.
+        title: str or None. Figure title. Defaults to None.
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+
+    Example:
+
+    >>> explanation = tf_fm.explain(model, inputs)
+    >>> plot_pair_contributions(explanation.pairs, explanation.field_names, path="pairs.png")
+    """
+    values = np.abs(np.asarray(pairs, dtype=np.float64))
+    if values.ndim == 3:
+        values = values.mean(axis=0)
+    names = [str(n) for n in field_names]
+    if values.ndim != 2 or values.shape != (len(names), len(names)):
+        raise ValueError(
+            f"`pairs` must be (n, F, F) or (F, F) with F = len(field_names) = {len(names)}. "
+            f"Received shape: {np.shape(pairs)}"
+        )
+    if not np.isfinite(values).all():
+        raise ValueError(f"`pairs` has {int((~np.isfinite(values)).sum())} non-finite values.")
+    shown = np.where(np.triu(np.ones(values.shape, dtype=bool)), values, np.nan)
+    size = min(14.0, 2.5 + 0.45 * len(names))
+    figure = _new_figure(figsize=(size + 1.2, size))
+    ax = figure.subplots()
+    image = ax.imshow(shown, cmap="viridis", vmin=0.0, interpolation="nearest")
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks, names, rotation=90, fontsize="small")
+    ax.set_yticks(ticks, names, fontsize="small")
+    figure.colorbar(image, ax=ax, label="mean |contribution| to the logit")
     return _finish(figure, path, title)
 
 
