@@ -143,3 +143,55 @@ def test_readable_message_strips_tensorflow_wrapping():
     )
     assert readable_message(other) == "indices[0] = 9 is not in [0, 5)"
     assert readable_message(ValueError("first\nsecond")) == "first"
+
+
+def _first_error(dataset):
+    with pytest.raises(Exception) as info:
+        for _ in dataset:
+            pass
+    return readable_message(info.value)
+
+
+def test_libsvm_nan_and_inf_values_are_malformed_lines(tmp_path):
+    path = _libsvm(tmp_path / "t.txt", bad_line=(5, "1 1:nan 6:inf"))
+    message = _first_error(tf_fm.data.read_libsvm(path, batch_size=64))
+    assert "t.txt:5: entry 1 `1:nan` is not idx:val" in message
+    report = tf_fm.data.ReadReport()
+    rows = sum(
+        int(y.shape[0])
+        for _, y in tf_fm.data.read_libsvm(path, batch_size=64, on_error="skip", report=report)
+    )
+    assert (rows, report.skipped) == (199, 1)  # every line accounted for
+
+
+def test_a_directory_is_named_as_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        tf_fm.data.read_criteo(str(tmp_path))
+
+
+def test_truncated_tfrecord_shard_is_named(tmp_path):
+    rows = {"a": np.arange(200, dtype=np.int64)}
+    dataset = tf.data.Dataset.from_tensor_slices((rows, np.zeros(200, np.float32))).batch(50)
+    (path,) = tf_fm.data.write_tfrecords(dataset, str(tmp_path / "shard"))
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) - 7])
+    spec = tf_fm.data.DataSpec("tfrecord")
+    with pytest.raises(ValueError, match=rf"{path}: truncated record at byte \d+"):
+        tf_fm.data.read_files(spec, [path])
+
+
+def test_non_utf8_criteo_cell_trains(tmp_path):
+    """Raw bytes in a categorical cell are a category like any other, in every path."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(300):
+        cats = [f"{rng.integers(0, 9):08x}" for _ in range(26)]
+        ints = [str(rng.integers(0, 9)) for _ in range(13)]
+        lines.append("\t".join([str(i % 2), *ints, *cats]).encode())
+    lines[3] = lines[3].replace(lines[3].split(b"\t")[14], b"\xff\xfe", 1)
+    path = tmp_path / "train.txt"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["train", "--data", str(path), "--format", "criteo", "--model", "fm", "--epochs", "1"]
+    assert cli.main([*args, "--output", str(tmp_path / "run")]) == 0
+    schema = tf_fm.FeatureSchema.load(tmp_path / "run" / "schema.json")
+    assert schema.state["C1"]["num_undecodable"] == 1  # counted, and left to the OOV id

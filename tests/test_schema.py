@@ -214,8 +214,12 @@ def test_default_replaces_nan_and_inf_before_the_transform():
     out = preprocess_all(schema, make_dataset({"plain": x, "logged": x, "z": x}))
     np.testing.assert_array_equal(out["plain"], [1, -1, 3, -1, -1, 5])
     np.testing.assert_allclose(out["logged"], np.log1p([1, 7, 3, 7, 7, 5]), rtol=1e-6)
-    filled = np.array([1, 0, 3, 0, 0, 5], dtype=np.float64)  # statistics of the filled values
-    np.testing.assert_allclose(out["z"], (filled - filled.mean()) / filled.std(), rtol=1e-5)
+    # Statistics of the observed values only (a filled-in default is no observation).
+    observed = np.array([1, 3, 5], dtype=np.float64)
+    filled = np.array([1, 0, 3, 0, 0, 5], dtype=np.float64)
+    want = (filled - observed.mean()) / observed.std()
+    np.testing.assert_allclose(out["z"], want, rtol=1e-5)
+    assert schema.state["z"]["mean"] == pytest.approx(3.0)
     assert schema.state["z"]["num_missing"] == 3
 
 
@@ -702,3 +706,26 @@ def test_integer_columns_are_ids_unless_there_is_evidence_of_a_quantity():
     # The old cap is still there for who wants it.
     capped = infer_schema(frame, max_integer_cardinality=1000)
     assert capped["item"].kind == "numeric" and capped["user_id"].kind == "categorical"
+
+
+def test_adapt_names_a_missing_feature_and_what_is_there():
+    schema = FeatureSchema([CategoricalFeature("user"), NumericFeature("age", default=0.0)])
+    dataset = make_dataset({"user": np.array(["a", "b"]), "price": np.array([1.0, 2.0])})
+    with pytest.raises(KeyError, match=r"no feature \['age'\]. It has: \['price', 'user'\]"):
+        schema.adapt(dataset)
+
+
+def test_csv_literal_nan_and_inf_are_missing_values(tmp_path):
+    """`nan` / `inf` cells: the default is the mean of the finite values, as for blanks."""
+    path = tmp_path / "years.csv"
+    years = [2001, 2003, 2005, 2007] * 5
+    rows = ["label,year"] + [f"{i % 2},{y}.0" for i, y in enumerate(years)]
+    rows += ["1,nan", "0,inf", "1,", "0,-inf"]
+    path.write_text("\n".join(rows) + "\n")
+    schema = infer_schema(str(path), label="label")
+    assert schema["year"].default == pytest.approx(2004.0)
+    raw = tf_fm.data.read_csv(str(path), label="label", column_types={"year": "float"})
+    schema.adapt(raw)
+    state = schema.state["year"]
+    assert state["mean"] == pytest.approx(2004.0) and state["num_missing"] == 4
+    assert math.sqrt(state["variance"]) == pytest.approx(np.std(years))

@@ -106,7 +106,9 @@ class CategoricalFeature(_Declaration):
       Ids `0 .. num_oov_buckets - 1` are the OOV buckets: a value not in the
       vocabulary (unseen, or rarer than `min_count`) is hashed into one of them,
       never dropped. Learned tokens follow, most frequent first (ties in
-      token order). The missing value `""` is an ordinary category.
+      token order). The missing value `""` is an ordinary category. A raw
+      value that is not UTF-8 cannot be in the (JSON) vocabulary: it maps
+      to an OOV id, and `adapt` counts it (`state[name]["num_undecodable"]`).
     * `"hash"`: `keras.layers.Hashing(num_bins)` (FarmHash64, the same bin in
       every process and on every machine); nothing is learned. For unbounded
       vocabularies.

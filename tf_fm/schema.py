@@ -152,6 +152,7 @@ class _Counter:
 
     def __init__(self):
         self.counts = collections.Counter()
+        self.undecodable = 0  # occurrences of values that are not UTF-8 (left to OOV)
 
     def update(self, values):
         if values.size:
@@ -163,7 +164,11 @@ class _Counter:
         items = []
         for token, count in self.counts.items():
             if isinstance(token, bytes):
-                token = token.decode("utf-8")
+                try:
+                    token = token.decode("utf-8")
+                except UnicodeDecodeError:  # a JSON vocabulary holds text: such values are OOV
+                    self.undecodable += count
+                    continue
             if count >= feature.min_count and token != reserved:
                 items.append((token, count))
         items.sort(key=lambda tc: (-tc[1], tc[0]))
@@ -233,7 +238,8 @@ class _FeatureAccumulator:
             return {"values": _prepare_categorical(feature, x)}
         if feature.kind == "numeric":
             values, num_missing = _prepare_numeric(feature, x)
-            return {"values": values, "num_missing": num_missing}
+            observed = tf.math.is_finite(tf.cast(_flat(tf.convert_to_tensor(x)), tf.float32))
+            return {"values": values, "num_missing": num_missing, "observed": observed}
         if feature.encoding == "integer":
             ids = _prepare_id_rows(feature, x)
             lengths = tf.reduce_sum(tf.cast(tf.not_equal(ids, PADDING_ID), tf.int64), axis=1)
@@ -257,10 +263,13 @@ class _FeatureAccumulator:
         values = batch["values"]
         self.num_rows += values.size
         if feature.kind == "numeric":
+            # Statistics and quantiles of the observed values: a filled-in
+            # default is no observation (it would shrink the variance).
             self.num_missing += int(batch["num_missing"])
-            self.moments.update(values)
-            if self.quantiles is not None and values.size:
-                self.quantiles.update_state(values)
+            observed = values[batch["observed"]]
+            self.moments.update(observed)
+            if self.quantiles is not None and observed.size:
+                self.quantiles.update_state(observed)
             return
         if feature.dtype == "string":
             self.num_missing += int(np.sum(values == b""))
@@ -282,10 +291,17 @@ class _FeatureAccumulator:
                 )
         if self.counter is not None:
             state["vocabulary"] = self.counter.vocabulary(feature)
+            if self.counter.undecodable:
+                state["num_undecodable"] = self.counter.undecodable
         if feature.kind == "numeric":
             if self.num_rows == 0:
                 raise ValueError(f"Feature '{feature.name}': the adapt data has no rows.")
             m = self.moments
+            if m.count == 0:  # every value missing: the default stands for all of them
+                filler = np.asarray([feature.default or 0.0], np.float32)
+                m.update(filler)
+                if self.quantiles is not None:
+                    self.quantiles.update_state(filler)
             state.update({"mean": m.mean, "variance": m.variance, "min": m.min, "max": m.max})
             if self.quantiles is not None:
                 self.quantiles.finalize_state()
@@ -600,19 +616,24 @@ class FeatureSchema:
             raise TypeError(
                 f"`dataset` must be a batched tf.data.Dataset. Received: {type(dataset).__name__}"
             )
+        spec = dataset.element_spec
+        present = spec[0] if isinstance(spec, tuple) else spec
+        if not isinstance(present, dict):
+            raise TypeError(
+                "FeatureSchema.adapt: the dataset's elements must be a feature dict or "
+                f"(features, label, ...) with a feature dict. Received: {spec}"
+            )
+        missing = [name for name in self.names if name not in present]
+        if missing:  # checked here, not while tracing: a plain message, not a traceback
+            raise KeyError(
+                f"FeatureSchema.adapt: the dataset has no feature {missing}. "
+                f"It has: {sorted(present)}"
+            )
         accumulators = {f.name: _FeatureAccumulator(f) for f in self.features}
 
         def prepare(*element):
             features = _features_of(*element)
-            out = {}
-            for name, accumulator in accumulators.items():
-                if name not in features:
-                    raise KeyError(
-                        f"FeatureSchema.adapt: the dataset has no feature '{name}'. "
-                        f"It has: {sorted(features)}"
-                    )
-                out[name] = accumulator.tensors(features[name])
-            return out
+            return {name: acc.tensors(features[name]) for name, acc in accumulators.items()}
 
         prepared = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
         if steps is not None:
@@ -815,6 +836,8 @@ class FeatureSchema:
             parts.append(f"{state['num_truncated_rows']} rows truncated")
         if state.get("num_out_of_range"):
             parts.append(f"{state['num_out_of_range']} out of range")
+        if state.get("num_undecodable"):
+            parts.append(f"{state['num_undecodable']} not UTF-8 (OOV)")
         return ", ".join(parts)
 
     def __str__(self):

@@ -36,7 +36,7 @@ from tf_fm.data.delimited import (
     read_csv,
 )
 from tf_fm.data.libsvm import libsvm_feature, read_libffm, read_libsvm
-from tf_fm.data.tfrecord import read_tfrecords
+from tf_fm.data.tfrecord import check_shards, read_tfrecords
 from tf_fm.errors import UsageError
 from tf_fm.features import CategoricalFeature, NumericFeature
 
@@ -177,6 +177,7 @@ def read_files(
         return read_libsvm(files, max_length=spec.max_length, **lines)
     if spec.format == "libffm":
         return read_libffm(files, max_length=spec.max_length, with_fields=False, **lines)
+    check_shards(files)  # a cut-short shard: its name, not TensorFlow's bare offset
     return read_tfrecords(files, **common)
 
 

@@ -47,10 +47,10 @@ class _SparseParser:
         self.max_length = max_length
         self.name = name
         index = rf"\d{{1,{_MAX_DIGITS}}}"
-        self.token = (f"{index}:" if ffm else "") + f"{index}:{text.NUMBER}"
+        self.token = (f"{index}:" if ffm else "") + f"{index}:{text.FINITE_NUMBER}"
         self.pattern = f"[ \\t]*(?:{text.NUMBER})(?:[ \\t]+{self.token})*[ \\t]*"
         entry = "field:idx:val" if ffm else "idx:val"
-        self.entry = f"{entry} (indices of up to {_MAX_DIGITS} digits)"
+        self.entry = f"{entry} (indices of up to {_MAX_DIGITS} digits, a finite val)"
 
     def tokens(self, lines):
         """Labels, row splits of the entries, ids, values, fields of well-formed lines.

@@ -28,6 +28,9 @@ TASKS = ("binary", "regression")
 
 # What `tf.strings.to_number` accepts, minus hex: 12, -1.5, .5, 5., 1e-3, nan, inf.
 NUMBER = r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|(?i:nan|inf|infinity))"
+# A finite number: feature values of libSVM / libFM rows (a NaN or inf value
+# there is a malformed line, not a missing value: it would train NaN weights).
+FINITE_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 
 CHUNK_BYTES = 1 << 20
 _LINES_PER_BLOCK = 8192
@@ -190,7 +193,9 @@ def resolve_paths(paths):
             if not matches:
                 raise FileNotFoundError(f"No file matches the pattern {path!r}.")
             files.extend(matches)
-        elif not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
+        elif tf.io.gfile.isdir(path):
+            raise FileNotFoundError(f"{path!r} is a directory; give files or a glob.")
+        elif not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"No such file: {path!r}.")
         else:
             files.append(path)
