@@ -37,6 +37,7 @@ Example:
 
 import collections
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -74,7 +75,15 @@ _INTEGER_OOV_TOKEN = -1
 
 
 def _flat(x):
-    return tf.reshape(x, [-1])
+    """`x` as `(batch,)`: reshaped unless it already is one-dimensional."""
+    return x if x.shape.rank == 1 else tf.reshape(x, [-1])
+
+
+def _rows(x, length):
+    """`x` as `(batch, length)`: reshaped unless it already has that shape."""
+    if x.shape.rank == 2 and x.shape[1] == length:
+        return x
+    return tf.reshape(x, [-1, length])
 
 
 def _prepare_categorical(feature, x):
@@ -116,15 +125,20 @@ def _prepare_numeric(feature, x):
     return x, num_missing
 
 
-def _prepare_multivalued(feature, x):
-    """Tokens as a RaggedTensor (batch, None) of tf.string, empty tokens dropped."""
+def _multivalued_strings(feature, x):
+    """The delimited strings (batch,) of a multi-valued feature."""
     x = _flat(tf.convert_to_tensor(x))
     if x.dtype != tf.string:
         raise TypeError(
             f"Feature '{feature.name}' is multi-valued: its input must be tf.string. "
             f"Received dtype {x.dtype.name}."
         )
-    tokens = tf.strings.split(x, sep=feature.separator)
+    return x
+
+
+def _prepare_multivalued(feature, x):
+    """Tokens as a RaggedTensor (batch, None) of tf.string, empty tokens dropped."""
+    tokens = tf.strings.split(_multivalued_strings(feature, x), sep=feature.separator)
     return tf.ragged.boolean_mask(tokens, tf.not_equal(tokens, ""))
 
 
@@ -136,7 +150,7 @@ def _prepare_id_rows(feature, x):
             f"Feature '{feature.name}' holds ids (encoding='integer'): its input must be "
             f"integer. Received dtype {x.dtype.name}."
         )
-    return tf.reshape(tf.cast(x, tf.int64), [-1, feature.max_length])
+    return _rows(tf.cast(x, tf.int64), feature.max_length)
 
 
 def _features_of(*element):
@@ -317,6 +331,232 @@ class _FeatureAccumulator:
 
 # === The preprocessing layer ===
 
+# Largest modulus one hash op serves (the lcm of the bucket counts it covers).
+_MAX_HASH_MODULUS = 2**62
+
+
+def _stack(columns):
+    """`(batch,)` columns -> `(batch, n)`; a single column stays `(batch,)`.
+
+    Per-column constants of shape `(n,)` broadcast against either form.
+    """
+    return columns[0] if len(columns) == 1 else tf.stack(columns, axis=1)
+
+
+def _unstack(matrix, n):
+    return [matrix] if n == 1 else tf.unstack(matrix, num=n, axis=1)
+
+
+def _vocabulary_tokens(feature, vocabulary):
+    """The tokens a Keras `StringLookup` / `IntegerLookup` keeps of `vocabulary`, checked alike.
+
+    Leading OOV tokens (`num_oov_buckets` of them) are dropped (elsewhere
+    the reserved token is an ordinary one); a repeated token or an empty
+    list is an error.
+    """
+    reserved = _STRING_OOV_TOKEN if feature.dtype == "string" else _INTEGER_OOV_TOKEN
+    n = feature.num_oov_buckets
+    tokens = list(vocabulary)
+    if tokens[:n] == [reserved] * n:
+        tokens = tokens[n:]
+    repeated = sorted(str(t) for t, c in collections.Counter(tokens).items() if c > 1)
+    if not tokens or repeated:
+        raise ValueError(
+            f"Feature '{feature.name}': a vocabulary needs at least one token, each once. "
+            f"Received {len(tokens)} tokens; repeated: {repeated}"
+        )
+    return tokens
+
+
+def _token_key(token, integer):
+    """A vocabulary token as its table key: int64, or the UTF-8 bytes of a string token."""
+    if integer:
+        return int(token)
+    return token if isinstance(token, bytes) else str(token).encode()
+
+
+def _vocabulary_table(feature, tokens):
+    """A feature's static hash table: token -> id, ids after the OOV buckets.
+
+    As in Keras' lookup layers, a token not in it gives the one OOV id 0,
+    or -1 (to be hashed into one of several OOV buckets).
+    """
+    integer = feature.dtype == "int64"
+    keys = tf.constant([_token_key(t, integer) for t in tokens], tf.int64 if integer else tf.string)
+    first = feature.num_oov_buckets
+    values = tf.constant(np.arange(first, first + len(tokens)), tf.int64)
+    initializer = tf.lookup.KeyValueTensorInitializer(keys, values)
+    return tf.lookup.StaticHashTable(initializer, default_value=0 if first == 1 else -1)
+
+
+def _ids_of(found, hashed, like):
+    """The vocabulary id where the table has the token, else its hash bucket.
+
+    Args:
+        found: the table's ids (-1 for a miss) or None (a hash feature).
+        hashed: the hash buckets or None (one bucket: id 0).
+        like: the raw tokens, for the shape of all-zero ids.
+    """
+    if found is None:
+        return hashed if hashed is not None else tf.zeros_like(like, tf.int64)
+    return found if hashed is None else tf.where(found >= 0, found, hashed)
+
+
+def _oov_buckets(features, columns):
+    """Hash bins / OOV buckets of the categorical columns that have several.
+
+    FarmHash64 of the string (the decimal string of an integer hash
+    feature), in one op over the stacked columns; an integer vocabulary's
+    OOV bucket is the integer modulo its number of buckets (as
+    `keras.layers.IntegerLookup`).
+
+    Returns:
+        dict feature name -> `(batch,)` int64, for those features only.
+    """
+    strings = [f for f in features if _buckets(f) > 1 and not _integer_vocabulary(f)]
+    out = {}
+    if strings:
+        matrix = _stack(
+            [
+                c if c.dtype == tf.string else tf.strings.as_string(c)
+                for c in (columns[f.name] for f in strings)
+            ]
+        )
+        hashed = _hash_buckets(matrix, [_buckets(f) for f in strings])
+        out.update(zip([f.name for f in strings], _unstack(hashed, len(strings)), strict=True))
+    for feature in features:
+        if _integer_vocabulary(feature) and feature.num_oov_buckets > 1:
+            out[feature.name] = tf.math.floormod(columns[feature.name], feature.num_oov_buckets)
+    return out
+
+
+def _integer_vocabulary(feature):
+    return feature.encoding == "vocabulary" and feature.dtype == "int64"
+
+
+def _buckets(feature):
+    """Hash buckets of a token that is not in the vocabulary: hash bins or OOV buckets."""
+    return feature.num_bins if feature.encoding == "hash" else feature.num_oov_buckets
+
+
+def _moduli(buckets):
+    """Groups of columns whose bucket counts divide one modulus: [[modulus, member mask]]."""
+    groups = []
+    for i, n in enumerate(buckets):
+        for group in groups:
+            modulus = math.lcm(group[0], n)
+            if modulus <= _MAX_HASH_MODULUS:
+                group[0] = modulus
+                group[1][i] = True
+                break
+        else:
+            groups.append([n, [j == i for j in range(len(buckets))]])
+    return groups
+
+
+def _hash_buckets(strings, buckets):
+    """`tf.strings.to_hash_bucket_fast` of each column with its own bucket count, in one op.
+
+    FarmHash64 modulo n equals (FarmHash64 modulo M) modulo n for any n that
+    divides M, so one op with M = lcm of the columns' bucket counts serves
+    them all (one op per group of columns when that lcm would exceed 2**62).
+
+    Args:
+        strings: tf.string `(batch, n)` (or `(batch,)`: one column).
+        buckets: list of n int. Bucket count of each column.
+    """
+    groups = _moduli(buckets)
+    total = None
+    for modulus, members in groups:
+        hashed = tf.strings.to_hash_bucket_fast(strings, modulus)
+        if any(n != modulus for n, member in zip(buckets, members, strict=True) if member):
+            hashed = tf.math.floormod(hashed, np.asarray(buckets, np.int64))
+        if len(groups) > 1:
+            hashed = tf.where(np.asarray(members), hashed, tf.zeros_like(hashed))
+        total = hashed if total is None else total + hashed
+    return total
+
+
+def _check_columns(ok, messages, values):
+    """A check that fails naming every column of `ok` with a False, and the first bad values.
+
+    The messages are built only when the check fails (inside a `tf.cond`),
+    so a passing batch costs two ops.
+
+    Args:
+        ok: bool tensor `(batch, n)` (or `(batch,)` for one column).
+        messages: list of n str, one per column.
+        values: tensor of `ok`'s shape: the raw values shown on failure.
+
+    Returns:
+        A bool scalar to add as a control dependency of the outputs.
+    """
+
+    def fail():
+        bad_columns = tf.logical_not(tf.reshape(tf.reduce_all(ok, axis=0), [-1]))
+        names = tf.boolean_mask(tf.constant(messages), bad_columns)
+        bad_values = tf.strings.as_string(tf.boolean_mask(values, tf.logical_not(ok))[:3])
+        message = tf.strings.join(
+            [
+                tf.strings.reduce_join(names, separator="; "),
+                tf.strings.reduce_join(bad_values, separator=", "),
+            ],
+            separator=". First bad values: ",
+        )
+        assertion = tf.debugging.Assert(False, [message])
+        with tf.control_dependencies([assertion]):
+            return tf.constant(False)
+
+    return tf.cond(tf.reduce_all(ok), lambda: tf.constant(True), fail)
+
+
+def _after(check, tensor):
+    """`tensor`, computed only once `check` has passed."""
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)
+
+
+def _id_range_message(feature):
+    return (
+        f"FeatureSchema: id out of range in feature `{feature.name}`: valid ids are "
+        f"0..{feature.num_ids - 1}; declare out_of_range=`oov` to map such ids to an OOV id"
+    )
+
+
+def _group_of(feature):
+    """Which computation of the layer a feature's column joins (a method `_<group>`)."""
+    if feature.kind == "numeric":
+        return "numeric"
+    if feature.kind == "multivalued":
+        return "id_rows" if feature.encoding == "integer" else "tokens"
+    return "ids" if feature.encoding == "integer" else "categorical"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """A schema's features grouped by the computation their columns join.
+
+    Attributes:
+        groups: `(group, features)` pairs, in order of first use.
+        output_names: the layer's output keys, in order.
+    """
+
+    groups: tuple
+    output_names: tuple
+
+    @classmethod
+    def of(cls, features):
+        groups, output_names = {}, []
+        for feature in features:
+            groups.setdefault(_group_of(feature), []).append(feature)
+            output_names.append(feature.name)
+            if getattr(feature, "weighted", False):
+                output_names.append(features_lib.weights_input_name(feature.name))
+        return cls(
+            tuple((key, tuple(members)) for key, members in groups.items()),
+            tuple(output_names),
+        )
+
 
 @keras.saving.register_keras_serializable(package="tf_fm")
 class FeaturePreprocessor(keras.layers.Layer):
@@ -326,6 +566,26 @@ class FeaturePreprocessor(keras.layers.Layer):
     layer's config, so a `.keras` file restores it without re-adapting). It
     runs in `tf.data` (`dataset.map`, any `num_parallel_calls`) and inside a
     Keras model alike; `FeatureSchema.preprocessor()` returns one.
+
+    What is the same arithmetic for many features runs once per batch on
+    their stacked columns, so its cost in ops does not grow with the number
+    of features (a batch-1 serving request pays per op): the numeric fill,
+    missing-value check and scaling on the `(batch, numeric features)`
+    matrix, one FarmHash64 op for the hash bins and OOV buckets of all
+    categorical string columns, one range check for all ready ids. A
+    vocabulary lookup stays one op per feature, on the feature's own static
+    hash table: a table shared by several features needs a second lookup
+    (or a key string built per value) to tell them apart, and one lookup op
+    over all columns runs on one thread, both of which cost more at large
+    batches than the ops they save at batch 1 (`benchmarks/README.md`).
+
+    The ids and values are those of Keras' `StringLookup`, `IntegerLookup`,
+    `Hashing`, `Normalization` and `Discretization` layers configured from
+    the schema (the OOV bucket of an unseen string is its FarmHash64 modulo
+    `num_oov_buckets`, of an unseen integer the integer modulo
+    `num_oov_buckets`). `log1p` runs per column: TensorFlow's vectorized
+    float32 `log1p` and its scalar one differ in the last bit, so a
+    column's values would otherwise depend on the columns beside it.
 
     Args:
         schema: `FeatureSchema` (adapted) or its `to_dict()` form.
@@ -362,115 +622,141 @@ class FeaturePreprocessor(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.schema = schema
-        self.feature_layers = {}
-        for feature in schema.features:
-            layer = self._make_layer(feature)
-            if layer is not None:
-                self.feature_layers[feature.name] = layer
+        self._layout = _Layout.of(schema.features)
+        self.vocabulary_tables = {
+            f.name: _vocabulary_table(f, _vocabulary_tokens(f, schema.vocabulary(f.name)))
+            for f in schema.features
+            if getattr(f, "encoding", None) == "vocabulary"
+        }
         self.built = True
 
-    def _make_layer(self, feature):
-        state = self.schema.state.get(feature.name, {})
-        prefix = f"{self.name}_{feature.name}"
-        if feature.kind in ("categorical", "multivalued"):
-            if feature.encoding == "hash":
-                return keras.layers.Hashing(feature.num_bins, name=f"{prefix}_hashing")
-            if feature.encoding == "integer":
-                return None
-            vocabulary = self.schema.vocabulary(feature.name)
-            if feature.dtype == "string":
-                return keras.layers.StringLookup(
-                    vocabulary=vocabulary,
-                    num_oov_indices=feature.num_oov_buckets,
-                    mask_token=None,
-                    oov_token=_STRING_OOV_TOKEN,
-                    name=f"{prefix}_lookup",
-                )
-            return keras.layers.IntegerLookup(
-                vocabulary=np.asarray(vocabulary, dtype="int64"),
-                num_oov_indices=feature.num_oov_buckets,
-                mask_token=None,
-                oov_token=_INTEGER_OOV_TOKEN,
-                vocabulary_dtype="int64",
-                name=f"{prefix}_lookup",
-            )
-        if feature.transform == "standardize":
-            variance = state["variance"] if state["variance"] > 0 else 1.0
-            layer = keras.layers.Normalization(
-                axis=None,
-                mean=state["mean"],
-                variance=variance,
-                dtype="float32",
-                name=f"{prefix}_normalization",
-            )
-            layer.build((None,))
-            return layer
-        if feature.transform == "discretize":
-            return keras.layers.Discretization(
-                bin_boundaries=self.schema.bin_boundaries(feature.name),
-                name=f"{prefix}_discretization",
-            )
-        return None
+    # --- One computation per group of features ---
 
-    def _integer_ids(self, feature, ids):
-        size = feature.num_ids
-        outside = tf.logical_or(ids < 0, ids >= size)
-        if feature.out_of_range == "oov":
-            return tf.where(outside, tf.constant(size, tf.int64), ids)
-        check = tf.debugging.Assert(
-            tf.logical_not(tf.reduce_any(outside)),
-            [
-                f"FeatureSchema: id out of range in feature `{feature.name}`: valid ids are "
-                f"0..{size - 1}; declare out_of_range=`oov` to map such ids to an OOV id. "
-                "First bad ids:",
-                tf.boolean_mask(ids, outside)[:3],
-            ],
-            summarize=3,
+    def _categorical(self, features, inputs):
+        """Categorical features with a vocabulary or hash bins: `(batch,)` ids each."""
+        columns = {f.name: _prepare_categorical(f, inputs[f.name]) for f in features}
+        hashed = _oov_buckets(features, columns)
+        ids = {}
+        for feature in features:
+            name = feature.name
+            table = self.vocabulary_tables.get(name)
+            found = None if table is None else table.lookup(columns[name])
+            ids[name] = _ids_of(found, hashed.get(name), columns[name])
+        return ids
+
+    def _ids(self, features, inputs):
+        """Ready integer ids: checked against `num_ids`, or out-of-range ids -> `num_ids`."""
+        x = _stack([_prepare_categorical(f, inputs[f.name]) for f in features])
+        sizes = np.asarray([f.num_ids for f in features], np.int64)
+        lenient = np.asarray([f.out_of_range == "oov" for f in features])
+        outside = tf.logical_or(x < 0, x >= sizes)
+        ids = x
+        if lenient.any():
+            replace = outside if lenient.all() else tf.logical_and(outside, lenient)
+            ids = tf.where(replace, sizes, x)
+        if not lenient.all():
+            ok = tf.logical_not(outside)
+            ok = ok if not lenient.any() else tf.logical_or(ok, lenient)
+            messages = [_id_range_message(f) for f in features]
+            ids = _after(_check_columns(ok, messages, x), ids)
+        return dict(zip([f.name for f in features], _unstack(ids, len(features)), strict=True))
+
+    def _numeric(self, features, inputs):
+        """Numeric features: fill, check and scale `(batch, n)` at once, then per column."""
+        x = _stack(
+            [tf.cast(_flat(tf.convert_to_tensor(inputs[f.name])), tf.float32) for f in features]
         )
-        with tf.control_dependencies([check]):
-            return tf.identity(ids)
-
-    def _apply(self, feature, x):
-        layer = self.feature_layers.get(feature.name)
-        if feature.kind == "categorical":
-            x = _prepare_categorical(feature, x)
-            if feature.encoding == "integer":
-                return self._integer_ids(feature, x)
-            return tf.cast(layer(x), tf.int64)
-        if feature.kind == "numeric":
-            x, _ = _prepare_numeric(feature, x)
-            if feature.transform == "discretize":
-                return tf.cast(layer(x), tf.int64)
-            if feature.transform == "standardize":
-                x = layer(x)
-            return tf.cast(x, tf.float32)
-        if feature.encoding == "integer":  # ready ids: FieldEmbedding checks their range
-            return _prepare_id_rows(feature, x)
-        tokens = _prepare_multivalued(feature, x)
-        ids = tokens.with_flat_values(tf.cast(layer(tokens.flat_values), tf.int64))
-        length = self.schema.max_length(feature.name)
-        # Pads with -1 and truncates to the first `length` ids of each row.
-        return ids.to_tensor(default_value=PADDING_ID, shape=[None, length])
-
-    def call(self, inputs):
+        finite = tf.math.is_finite(x)
+        defaults = np.asarray([0.0 if f.default is None else f.default for f in features])
+        values = tf.where(finite, x, defaults.astype(np.float32))
+        strict = np.asarray([f.default is None for f in features])
+        if strict.any():
+            ok = finite if strict.all() else tf.logical_or(finite, np.logical_not(strict))
+            check = _check_columns(ok, [_missing_message(f) for f in features], x)
+            values = _after(check, values)
+        values = self._scaled(values, features)
         outputs = {}
-        for feature in self.schema.features:
-            if feature.name not in inputs:
-                raise KeyError(
-                    f"FeaturePreprocessor: missing input for feature '{feature.name}'. "
-                    f"Received keys: {sorted(inputs)}"
-                )
-            outputs[feature.name] = self._apply(feature, inputs[feature.name])
-            if getattr(feature, "weighted", False):
+        for feature, column in zip(features, _unstack(values, len(features)), strict=True):
+            if feature.transform == "log1p":
+                column = tf.math.log1p(column)  # per column: see the class docstring
+            elif feature.transform == "discretize":
+                bounds = [float(b) for b in self.schema.bin_boundaries(feature.name)]
+                column = tf.cast(tf.raw_ops.Bucketize(input=column, boundaries=bounds), tf.int64)
+            outputs[feature.name] = column
+        return outputs
+
+    def _scaled(self, values, features):
+        """`max(x, 0)` in the log1p columns, `(x - mean) / std` in the standardized ones.
+
+        The other columns go through unchanged (`max(x, -inf)`, `(x - 0) / 1`).
+        """
+        transforms = [f.transform for f in features]
+        if "log1p" in transforms:
+            lower = [0.0 if t == "log1p" else -np.inf for t in transforms]
+            values = tf.maximum(values, np.asarray(lower, np.float32))
+        if "standardize" in transforms:
+            mean = np.zeros(len(features), np.float32)
+            std = np.ones(len(features), np.float32)
+            for i, feature in enumerate(features):
+                if feature.transform == "standardize":
+                    state = self.schema.state[feature.name]
+                    variance = np.float32(state["variance"] if state["variance"] > 0 else 1.0)
+                    mean[i] = state["mean"]
+                    # As keras.layers.Normalization: max(sqrt(variance), epsilon), float32.
+                    std[i] = max(np.sqrt(variance), np.float32(keras.config.epsilon()))
+            # divide_no_nan (std > 0, so exactly x / std): grappler rewrites a division
+            # by a constant into a multiplication by its reciprocal, which rounds
+            # differently.
+            values = tf.math.divide_no_nan(values - mean, std)
+        return values
+
+    def _tokens(self, features, inputs):
+        """Delimited-string features: `(batch, max_length)` ids each, padded with -1."""
+        outputs = {}
+        for feature in features:
+            tokens = tf.strings.split(
+                _multivalued_strings(feature, inputs[feature.name]), sep=feature.separator
+            )
+            keep = tf.reshape(tf.where(tf.not_equal(tokens.values, "")), [-1])  # drops empty tokens
+            values = tf.gather(tokens.values, keep)
+            rows = tf.gather(tokens.value_rowids(), keep)
+            buckets = _buckets(feature)
+            hashed = tf.strings.to_hash_bucket_fast(values, buckets) if buckets > 1 else None
+            table = self.vocabulary_tables.get(feature.name)
+            ids = _ids_of(None if table is None else table.lookup(values), hashed, values)
+            ragged = tf.RaggedTensor.from_value_rowids(ids, rows, tokens.nrows(), validate=False)
+            # Pads with -1 and truncates to the first `max_length` ids of each row.
+            length = self.schema.max_length(feature.name)
+            outputs[feature.name] = ragged.to_tensor(PADDING_ID, shape=[None, length])
+        return outputs
+
+    def _id_rows(self, features, inputs):
+        """Ready id rows `(batch, max_length)` of integer multi-valued features, and weights."""
+        outputs = {}
+        for feature in features:
+            outputs[feature.name] = _prepare_id_rows(feature, inputs[feature.name])
+            if feature.weighted:
                 weights = features_lib.weights_input_name(feature.name)
                 if weights not in inputs:
                     raise KeyError(
                         f"FeaturePreprocessor: feature '{feature.name}' is weighted; its values "
                         f"come in '{weights}', which is missing. Received keys: {sorted(inputs)}"
                     )
-                shape = [-1, feature.max_length]
-                outputs[weights] = tf.reshape(tf.cast(inputs[weights], tf.float32), shape)
+                values = tf.cast(tf.convert_to_tensor(inputs[weights]), tf.float32)
+                outputs[weights] = _rows(values, feature.max_length)
         return outputs
+
+    def call(self, inputs):
+        for feature in self.schema.features:
+            if feature.name not in inputs:
+                raise KeyError(
+                    f"FeaturePreprocessor: missing input for feature '{feature.name}'. "
+                    f"Received keys: {sorted(inputs)}"
+                )
+        outputs = {}
+        for group, features in self._layout.groups:
+            outputs.update(getattr(self, f"_{group}")(features, inputs))
+        return {name: outputs[name] for name in self._layout.output_names}
 
     def compute_output_spec(self, inputs):
         batch = None

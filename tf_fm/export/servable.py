@@ -12,6 +12,17 @@ It is written with `keras.export.ExportArchive` and explicit signatures:
 `serving_default` (Predict), `classification` (Classify, binary only) and
 `regression` (Regress); `protos.set_method_names` then sets the Classify /
 Regress method names.
+
+Classify and Regress parse `tf.Example`s as their producers write them: a
+scalar feature is one value (a missing string is `""`, a missing numeric
+NaN, so its `default` applies; a missing int64 id is an error naming it),
+and a multi-valued feature any number of values. Its ids (`int64_list`)
+are padded with -1 or truncated to `max_length`, as a `serving_default`
+client pads them; its weights (`<name>_weights`) are as many as its ids, or
+none (each id then has x = 1); a delimited-string feature may come as one
+delimited string or as a `bytes_list` of tokens (joined with its
+separator). So an Example and the `serving_default` request of the same row
+give the same prediction.
 """
 
 import os
@@ -29,6 +40,7 @@ from tf_fm.export.common import (
     REGRESS_SIGNATURE,
 )
 from tf_fm.export.rows import DTYPES, dtype_name, to_tensor, typed_columns
+from tf_fm.features import PADDING_ID, weights_input_name
 from tf_fm.models import TASKS, describe_model
 from tf_fm.schema import FeaturePreprocessor, FeatureSchema
 
@@ -88,6 +100,40 @@ def _model_input_specs(model):
     return specs
 
 
+def _variable_length_inputs(input_specs, schema):
+    """The inputs a `tf.Example` gives any number of values, by role.
+
+    Returns:
+        (id rows: name -> max_length, weights: name -> the ids' input name,
+        delimited strings: name -> separator).
+    """
+    id_rows = {n: s[0] for n, (d, s) in input_specs.items() if d == "int64" and len(s) == 1}
+    weights = {
+        weights_input_name(n): n
+        for n, length in id_rows.items()
+        if input_specs.get(weights_input_name(n)) == ("float32", (length,))
+    }
+    separators = {}
+    if schema is not None:
+        for feature in schema.features:
+            if feature.kind == "multivalued" and feature.encoding != "integer":
+                separators[feature.name] = feature.separator
+    return id_rows, weights, separators
+
+
+def _check_weights(name, ids_name, weights, ids):
+    """Weights (ragged) as many as the ids of each row, or none."""
+    lengths = weights.row_lengths()
+    ok = tf.reduce_all(tf.logical_or(lengths == 0, lengths == ids.row_lengths()))
+    return tf.debugging.Assert(
+        ok,
+        [
+            f"tf.Example: feature `{name}` needs as many values as `{ids_name}` "
+            "(or none: each id then has weight 1)"
+        ],
+    )
+
+
 class Servable:
     """The graph to export: raw inputs in, `(batch,)` float32 outputs out.
 
@@ -145,6 +191,9 @@ class Servable:
         if bad_shapes:
             raise ValueError(f"Inputs need a fixed shape after the batch axis: {bad_shapes}")
         self.output_names = ["probability", "logit"] if self.task == "binary" else ["prediction"]
+        self._id_rows, self._weights, self._separators = _variable_length_inputs(
+            self.input_specs, schema
+        )
 
     # --- Graph functions (traced into the signatures) ---
 
@@ -163,10 +212,18 @@ class Servable:
             out["logit"] = tf.math.log(p) - tf.math.log1p(-p)
         return {k: out[k] for k in self.output_names}
 
-    def example_spec(self):
-        """The `tf.io.parse_example` spec of the Classify / Regress `tf.Example`s."""
+    def example_spec(self) -> dict:
+        """The `tf.io.parse_example` spec of the Classify / Regress `tf.Example`s.
+
+        Scalar inputs are fixed-length features (a missing string is `""`, a
+        missing numeric NaN, a missing int64 an error); id rows, their weights
+        and delimited strings are `RaggedFeature`s (any number of values).
+        """
         spec = {}
         for name, (dtype, shape) in self.input_specs.items():
+            if name in self._id_rows or name in self._weights or name in self._separators:
+                spec[name] = tf.io.RaggedFeature(DTYPES[dtype], row_splits_dtype=tf.int64)
+                continue
             if dtype == "string":
                 default = "" if not shape else None
             elif dtype == "float32":
@@ -176,16 +233,40 @@ class Servable:
             spec[name] = tf.io.FixedLenFeature(list(shape), DTYPES[dtype], default_value=default)
         return spec
 
+    def parse_examples(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Serialized `tf.Example`s -> the raw input dict `serving_default` takes.
+
+        Id rows are padded with -1 / truncated to their `max_length` (weights
+        alike, a missing weight 1), delimited-string tokens joined with
+        their separator: what a `serving_default` client sends for the row.
+        """
+        parsed = tf.io.parse_example(serialized, self.example_spec())
+        inputs, checks = {}, []
+        for name, value in parsed.items():
+            if name in self._separators:
+                value = tf.strings.reduce_join(value, axis=1, separator=self._separators[name])
+            elif name in self._id_rows:
+                value = value.to_tensor(PADDING_ID, shape=[None, self._id_rows[name]])
+            elif name in self._weights:
+                ids_name = self._weights[name]
+                checks.append(_check_weights(name, ids_name, value, parsed[ids_name]))
+                value = value.to_tensor(1.0, shape=[None, self._id_rows[ids_name]])
+            inputs[name] = value
+        if not checks:
+            return inputs
+        with tf.control_dependencies(checks):
+            return {name: tf.identity(value) for name, value in inputs.items()}
+
     def classify(self, inputs):
         """Serialized `tf.Example`s -> `scores` `(batch, 2)` and `classes` `(batch, 2)`."""
-        p = self.predict(tf.io.parse_example(inputs, self.example_spec()))["probability"]
+        p = self.predict(self.parse_examples(inputs))["probability"]
         scores = tf.stack([1.0 - p, p], axis=1)
         classes = tf.tile(tf.constant([list(CLASS_LABELS)]), tf.stack([tf.shape(p)[0], 1]))
         return {"scores": scores, "classes": classes}
 
     def regress(self, inputs):
         """Serialized `tf.Example`s -> `outputs` `(batch,)`."""
-        out = self.predict(tf.io.parse_example(inputs, self.example_spec()))
+        out = self.predict(self.parse_examples(inputs))
         return {"outputs": out["probability" if self.task == "binary" else "prediction"]}
 
     # --- Signatures ---
