@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import keras
@@ -5,7 +6,13 @@ import numpy as np
 from keras import ops
 
 from tf_fm import tables
-from tf_fm.features import OUT_OF_RANGE_MODES, PADDING_ID, field_config, weights_input_name
+from tf_fm.features import (
+    OUT_OF_RANGE_MODES,
+    PADDING_ID,
+    Feature,
+    field_config,
+    weights_input_name,
+)
 from tf_fm.layers import _tf_ops
 
 
@@ -132,13 +139,13 @@ class FieldEmbedding(keras.layers.Layer):
 
     def __init__(
         self,
-        fields,
-        embedding_dim=10,
-        out_of_range="error",
-        embeddings_initializer=None,
-        linear_initializer="zeros",
-        embeddings_l2=1e-5,
-        linear_l2=1e-5,
+        fields: Sequence[Feature | dict],
+        embedding_dim: int = 10,
+        out_of_range: str = "error",
+        embeddings_initializer: str | keras.initializers.Initializer | None = None,
+        linear_initializer: str | keras.initializers.Initializer = "zeros",
+        embeddings_l2: float = 1e-5,
+        linear_l2: float = 1e-5,
         **kwargs,
     ):
         fields = [field_config(f) for f in fields]
