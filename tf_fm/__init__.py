@@ -6,7 +6,6 @@ TensorFlow; `tf_fm.FM`, `tf_fm.train`, ... load what they need.
 """
 
 import importlib
-from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -75,30 +74,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
-
-
-if TYPE_CHECKING:  # what the names are, for type checkers and IDEs
-    from tf_fm import data, export, features, layers, optimizers, plots  # noqa: F401
-    from tf_fm.explanations import explain  # noqa: F401
-    from tf_fm.export import export_saved_model, to_predict_request, to_rest_json  # noqa: F401
-    from tf_fm.features import CategoricalFeature, MultiValuedFeature, NumericFeature  # noqa: F401
-    from tf_fm.layers import (  # noqa: F401
-        AnovaInteraction,
-        FieldEmbedding,
-        FMInteraction,
-        FwFMInteraction,
-        GlobalBias,
-        PredictionHead,
-    )
-    from tf_fm.models import (  # noqa: F401
-        FM,
-        HOFM,
-        NFM,
-        DeepFM,
-        FwFM,
-        compile_model,
-        default_callbacks,
-    )
-    from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD  # noqa: F401
-    from tf_fm.schema import FeaturePreprocessor, FeatureSchema, infer_schema  # noqa: F401
-    from tf_fm.training import Run, train  # noqa: F401

@@ -171,8 +171,10 @@ def _version_dir(path):
     return path / str(versions[-1])
 
 
-def _worst_diff(report):
-    return max(report.get("max_abs_diff", {}).values(), default=0.0)
+def _worst_difference(report):
+    from tf_fm import training
+
+    return training.worst_difference(report)
 
 
 def cmd_verify(args):
@@ -194,7 +196,7 @@ def cmd_verify(args):
     report = export.verify(path, sample)
     _say(
         f"OK: {report.get('rows')} rows, signatures {', '.join(report.get('signatures', []))}; "
-        f"max abs diff {_worst_diff(report):.2e}; warm-up records replayed: "
+        f"max abs diff {_worst_difference(report):.2e}; warm-up records replayed: "
         f"{report.get('warmup_records_replayed', 0)}"
     )
     return 0
@@ -222,7 +224,7 @@ def _describe_metadata(meta):
         _say(
             f"  verified: {report.get('rows')} rows at batch sizes {report.get('batch_sizes')}, "
             f"loaders {', '.join(report.get('loaders', []))}; max abs diff "
-            f"{_worst_diff(report):.1e}; warm-up records replayed "
+            f"{_worst_difference(report):.1e}; warm-up records replayed "
             f"{report.get('warmup_records_replayed', 0)}"
         )
     versions = meta.get("library_versions")

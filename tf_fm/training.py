@@ -323,9 +323,14 @@ def export_model(
         source=source,
     )
     report = export_lib.read_metadata(path).get("verification", {})
-    worst = max(report.get("max_abs_diff", {}).values(), default=0.0)
+    worst = worst_difference(report)
     log(f"  published {path}: verified on {report.get('rows')} rows, max abs diff {worst:.1e}")
     return path
+
+
+def worst_difference(report: dict) -> float:
+    """The largest difference of a verification report (check name -> max abs diff)."""
+    return max(report.get("max_abs_diff", {}).values(), default=0.0)
 
 
 @dataclasses.dataclass
@@ -568,8 +573,7 @@ def _run_schema(spec, files, valid_files, schema, out, resuming, inference, on_e
     if spec.format in ("libsvm", "libffm") and spec.max_length is None:
         spec.max_length = schema.features[0].max_length
     if spec.format == "csv" and spec.column_types is None:
-        kinds = {f.name: f.kind for f in schema.features}
-        spec.column_types = {n: "float" if k == "numeric" else "string" for n, k in kinds.items()}
+        spec.column_types = formats.csv_column_types(schema)
     if not schema.adapted:
         log("Learning the schema (vocabularies, statistics): one pass over the data ...")
         start = time.monotonic()

@@ -215,6 +215,11 @@ def _frame_schema(frame, label, separator, min_count, categorical, numeric, note
     return schema_lib.FeatureSchema(features, label=label)
 
 
+def csv_column_types(schema: schema_lib.FeatureSchema) -> dict[str, str]:
+    """How `read_csv` types each feature's column: `"float"` for numeric, `"string"` else."""
+    return {f.name: "float" if f.kind == "numeric" else "string" for f in schema.features}
+
+
 def _csv_schema(spec, files, min_count, categorical, numeric, notes):
     try:
         frame = pd.read_csv(files[0], sep=spec.delimiter, nrows=SAMPLE_ROWS)
@@ -227,7 +232,7 @@ def _csv_schema(spec, files, min_count, categorical, numeric, notes):
     schema = _frame_schema(
         frame, spec.label, spec.separator, min_count, categorical, numeric, notes
     )
-    spec.column_types = {f.name: schema_lib.raw_column_type(f) for f in schema.features}
+    spec.column_types = csv_column_types(schema)
     return schema
 
 
