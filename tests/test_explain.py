@@ -1,4 +1,8 @@
-"""`tf_fm.explain`: exact FM / FwFM terms, DeepFM's integrated gradients, `tf-fm explain`."""
+"""`tf_fm.explain`: exact FM / FwFM / FFM / HOFM terms, DeepFM's and NFM's integrated gradients,
+`tf-fm explain`."""
+
+import itertools
+import math
 
 import keras
 import numpy as np
@@ -50,9 +54,19 @@ def _logit(model, inputs):
     return keras.Model(model.input, describe_model(model).logit).predict(inputs, verbose=0)[:, 0]
 
 
-@pytest.mark.parametrize("builder", [tf_fm.FM, tf_fm.FwFM])
-def test_terms_sum_to_the_logit(builder):
-    model = _randomized(builder(FIELDS, embedding_dim=4))
+EXACT = {
+    "fm": (tf_fm.FM, {}),
+    "fwfm": (tf_fm.FwFM, {}),
+    "ffm": (tf_fm.FFM, {}),
+    "hofm3": (tf_fm.HOFM, {"order": 3}),
+    "hofm4_shared": (tf_fm.HOFM, {"order": 4, "shared_embeddings": True}),
+}
+
+
+@pytest.mark.parametrize("key", EXACT)
+def test_terms_sum_to_the_logit(key):
+    builder, kwargs = EXACT[key]
+    model = _randomized(builder(FIELDS, embedding_dim=4, **kwargs))
     inputs = _inputs()
     explanation = explain(model, inputs)
     logit = _logit(model, inputs)
@@ -121,16 +135,72 @@ def test_integrated_gradients_of_a_linear_function_are_exact():
     np.testing.assert_allclose(baselines, 1.0)
 
 
-@pytest.mark.parametrize(
-    ("model", "named"),
-    [
-        (lambda: tf_fm.HOFM(FIELDS, order=3, embedding_dim=4), "HOFM"),
-        (lambda: tf_fm.NFM(FIELDS, embedding_dim=4), "NFM"),
-    ],
-)
-def test_unsupported_models_say_what_is_supported(model, named):
-    with pytest.raises(NotImplementedError, match=f"FM, FwFM and DeepFM.*{named}"):
-        explain(model(), _inputs(4))
+def test_ffm_pairs_use_each_fields_vector_for_the_other():
+    model = _randomized(tf_fm.FFM(FIELDS, embedding_dim=3))
+    inputs = _inputs()
+    explanation = explain(model, inputs)
+    embedding = model.get_layer("field_embedding")
+    v = embedding.get_factors().reshape(embedding.total_rows, 4, 3)  # (rows, F, k)
+    user, age, item = (embedding.offsets[i] for i in range(3))
+    users, items = user + inputs["user"], item + inputs["item"]
+    naive = np.sum(v[users, 2] * v[items, 0], axis=1)  # <v_{user,item}, v_{item,user}>
+    np.testing.assert_allclose(explanation.pairs[:, 0, 2], naive, rtol=1e-5, atol=1e-6)
+    with_age = np.sum(v[users, 1] * v[age, 0], axis=1) * inputs["age"]
+    np.testing.assert_allclose(explanation.pairs[:, 0, 1], with_age, rtol=1e-5, atol=1e-6)
+
+
+def _field_vectors(model, layer_name, inputs):
+    return model.get_layer(layer_name)(inputs)["embeddings"].numpy().astype(np.float64)
+
+
+@pytest.mark.parametrize("order,shared", [(3, False), (4, False), (4, True)])
+def test_hofm_sets_of_fields_are_spread_equally_over_their_pairs(order, shared):
+    model = _randomized(tf_fm.HOFM(FIELDS, order=order, embedding_dim=3, shared_embeddings=shared))
+    inputs = _inputs(8)
+    explanation = explain(model, inputs)
+    fm = explain(tf_fm.FM(FIELDS, embedding_dim=3), inputs)  # the pair terms' shape only
+    e2 = _field_vectors(model, "field_embedding", inputs)
+    want = np.zeros_like(fm.pairs)
+    for f, g in itertools.combinations(range(4), 2):
+        want[:, f, g] = np.sum(e2[:, f] * e2[:, g], axis=1)
+    for m in range(3, order + 1):
+        e = e2 if shared else _field_vectors(model, f"field_embedding_{m}", inputs)
+        for subset in itertools.combinations(range(4), m):  # brute force over the sets
+            term = np.prod(e[:, list(subset)], axis=1).sum(axis=1) / math.comb(m, 2)
+            for f, g in itertools.combinations(subset, 2):
+                want[:, f, g] += term
+    upper = np.triu_indices(4, k=1)
+    got = explanation.pairs[:, upper[0], upper[1]]
+    np.testing.assert_allclose(got, want[:, upper[0], upper[1]], rtol=1e-5, atol=1e-5)
+
+
+def test_nfm_integrated_gradients_are_complete():
+    model = _randomized(tf_fm.NFM(FIELDS, embedding_dim=4, dnn_units=(16,)))
+    for weight in model.weights:  # batch normalization needs a positive variance
+        if "moving_variance" in weight.path:
+            weight.assign(np.abs(weight.numpy()) + 0.5)
+    inputs = _inputs()
+    explanation = explain(model, inputs, steps=64)
+    np.testing.assert_allclose(explanation.logit, _logit(model, inputs), rtol=1e-6, atol=1e-6)
+    assert np.all(explanation.pairs == 0)  # the bi-interaction feeds the DNN only
+    change = explanation.logit - explanation.bias - explanation.first_order.sum(1)
+    change = change - explanation.dnn_baseline  # DNN(e, s) - DNN(0, 0)
+    error = np.abs(explanation.dnn.sum(axis=1) - change).max()
+    assert explanation.dnn.shape == (ROWS, 4)
+    assert np.ptp(change) > 0.1  # not a constant DNN
+    assert error <= 0.01 * (change.max() - change.min())
+
+
+def test_other_model_shapes_say_what_is_supported():
+    embedding = tf_fm.FieldEmbedding(FIELDS, embedding_dim=3)
+    inputs = tf_fm.models.model_inputs(FIELDS)
+    embedded = embedding(inputs)
+    pair = [embedded["embeddings"], embedded["squared_embeddings"]]
+    terms = [embedded["linear"], tf_fm.FMInteraction()(pair), tf_fm.FwFMInteraction()(pair)]
+    outputs = tf_fm.PredictionHead("binary")(tf_fm.GlobalBias()(terms))
+    model = keras.Model(inputs, outputs, name="two_interactions")
+    with pytest.raises(NotImplementedError, match="FFM, HOFM, DeepFM and NFM.*2 pairwise"):
+        explain(model, _inputs(4))
 
 
 def test_top_pairs_and_mean_abs_pairs():

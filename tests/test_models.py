@@ -229,7 +229,11 @@ def test_compile_model_defaults(task, metric, tmp_path):
     model = tf_fm.compile_model(tf_fm.DeepFM(FIELDS, embedding_dim=3, dnn_units=(4,), task=task))
     assert isinstance(model.optimizer, tf_fm.LazyAdam)
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(1e-3)
-    assert model.loss == ("binary_crossentropy" if task == "binary" else "mean_squared_error")
+    losses = tf_fm.losses
+    expected = (
+        losses.CheckedBinaryCrossentropy if task == "binary" else losses.CheckedMeanSquaredError
+    )
+    assert isinstance(model.loss, expected)
     inputs = random_inputs(64)
     labels = (np.random.default_rng(0).random(64) < 0.5).astype("float32")
     history = model.fit(inputs, labels, validation_split=0.25, epochs=1, verbose=0)

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_fm
 from tf_fm import CategoricalFeature, MultiValuedFeature, NumericFeature
 from tf_fm.data import make_fm_data
-from tf_fm.optimizers import LazyAdam, SparseAdagrad, SparseSGD
+from tf_fm.optimizers import LazyAdam, RowwiseAdagrad, SparseAdagrad, SparseSGD
 from tf_fm.tables import mark_embedding_table
 
 FIELDS = [
@@ -214,7 +214,7 @@ def test_lazy_adam_dense_gradient_for_a_table_is_dense_adam():
     np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("optimizer_cls", [LazyAdam, SparseAdagrad, SparseSGD])
+@pytest.mark.parametrize("optimizer_cls", [LazyAdam, SparseAdagrad, SparseSGD, RowwiseAdagrad])
 def test_weight_decay_skips_tagged_tables_only(optimizer_cls):
     # Row 1 has no gradient: weight decay alone would move it.
     table = table_variable(np.ones((2, 2), "float32"))
@@ -238,6 +238,17 @@ def test_config_round_trip():
         LazyAdam(0.02, beta_1=0.8, beta_2=0.99, epsilon=1e-6, weight_decay=0.1),
         SparseAdagrad(0.3, initial_accumulator_value=0.2, epsilon=1e-5, clipnorm=1.0),
         SparseSGD(0.4),
+        RowwiseAdagrad(
+            0.02,
+            epsilon=1e-6,
+            initial_accumulator_value=0.1,
+            embedding_weight_decay=0.01,
+            embedding_weight_decay_mode="decoupled",
+            embedding_learning_rate_multiplier=3.0,
+            beta_1=0.8,
+            adam_epsilon=1e-6,
+            weight_decay=0.1,
+        ),
     ):
         config = opt.get_config()
         assert type(opt).from_config(config).get_config() == config
@@ -281,7 +292,7 @@ def test_untagged_embedding_takes_the_sparse_path_with_its_own_slots():
     assert not [v for v in opt.variables if v.name.endswith("_moments")]
 
 
-@pytest.mark.parametrize("optimizer_cls", [LazyAdam, SparseAdagrad])
+@pytest.mark.parametrize("optimizer_cls", [LazyAdam, SparseAdagrad, RowwiseAdagrad])
 def test_keras_save_load_keeps_optimizer_state_and_resumes(tmp_path, optimizer_cls):
     batches = full_cover_batches(6)
     straight = train(optimizer_cls(0.01), batches)
@@ -370,3 +381,150 @@ def test_lazy_adam_fused_kernel_matches_the_op_path():
     for a, b in zip(results[0][1], results[1][1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
     assert not np.allclose(results[0][0], 1.0)
+
+
+# --- RowwiseAdagrad ----------------------------------------------------------
+
+
+def rowwise_adagrad_reference(table, accumulator, steps, lr, eps, decay=0.0, mode="l2"):
+    """FBGEMM's EXACT_ROWWISE_ADAGRAD, row by row, on (ids, row gradients) per step."""
+    table, accumulator = table.astype("float64"), accumulator.astype("float64")
+    for ids, grads in steps:
+        summed = {}
+        for i, g in zip(ids, grads, strict=True):  # duplicate ids summed first
+            summed[i] = summed.get(i, 0.0) + g.astype("float64")
+        for i, g in summed.items():
+            w = table[i].copy()
+            if mode == "l2":
+                g = g + decay * w
+            accumulator[i] += sum(gj * gj for gj in g) / len(g)
+            multiplier = lr / (np.sqrt(accumulator[i]) + eps)
+            if mode == "decoupled":
+                w = (1 - lr * decay) * w
+            table[i] = w - multiplier * g
+    return table, accumulator
+
+
+def sparse_steps(rows, columns, n_steps, n_ids=7, seed=0):
+    rng = np.random.default_rng(seed)
+    steps = []
+    for _ in range(n_steps):
+        ids = rng.integers(0, rows - 2, size=n_ids)  # the last two rows never touched
+        ids[1] = ids[0]  # always a duplicate
+        steps.append((ids, rng.normal(size=(n_ids, columns)).astype("float32")))
+    return steps
+
+
+@pytest.mark.parametrize(
+    "decay, mode, initial", [(0.0, "l2", 0.0), (0.3, "l2", 0.1), (0.3, "decoupled", 0.0)]
+)
+def test_rowwise_adagrad_matches_the_fbgemm_formula(decay, mode, initial):
+    rows, columns = 6, 3
+    start = np.random.default_rng(1).normal(size=(rows, columns)).astype("float32")
+    steps = sparse_steps(rows, columns, n_steps=5)
+    table = table_variable(start)
+    opt = RowwiseAdagrad(
+        0.02,
+        embedding_learning_rate_multiplier=5.0,
+        epsilon=1e-3,
+        initial_accumulator_value=initial,
+        embedding_weight_decay=decay,
+        embedding_weight_decay_mode=mode,
+    )
+    for ids, grads in steps:
+        grad = tf.IndexedSlices(tf.constant(grads), tf.constant(ids), tf.constant([rows, columns]))
+        opt.apply_gradients([(grad, table)])
+    expected, expected_acc = rowwise_adagrad_reference(
+        start, np.full(rows, initial), steps, lr=0.1, eps=1e-3, decay=decay, mode=mode
+    )
+    np.testing.assert_allclose(table.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt.accumulator(table).numpy(), expected_acc, rtol=1e-5)
+    # The two rows no step touched: value and accumulator exactly as they started.
+    np.testing.assert_array_equal(table.numpy()[-2:], start[-2:])
+    np.testing.assert_array_equal(opt.accumulator(table).numpy()[-2:], np.float32(initial))
+
+
+def test_rowwise_adagrad_leaves_absent_rows_and_their_accumulators_alone():
+    opt = RowwiseAdagrad(0.01)
+    model = train(opt, full_cover_batches(3), builder=tf_fm.FM)
+    table = model.get_layer("field_embedding").table
+    before, acc_before = table.numpy().copy(), opt.accumulator(table).numpy().copy()
+    assert np.all(acc_before[:4] > 0)  # the rows of `a` were all touched
+    features, labels = full_cover_batches(1, seed=1)[0]
+    model.train_on_batch(dict(features, a=np.zeros_like(features["a"])), labels)
+    after, acc_after = table.numpy(), opt.accumulator(table).numpy()
+    np.testing.assert_array_equal(after[1:4], before[1:4])  # rows 1..3 of `a`
+    np.testing.assert_array_equal(acc_after[1:4], acc_before[1:4])
+    assert not np.array_equal(after[0], before[0]) and acc_after[0] > acc_before[0]
+
+
+def test_rowwise_adagrad_slots_are_one_float_per_table_row_and_adam_elsewhere():
+    opt = RowwiseAdagrad(0.01)
+    model = train(opt, full_cover_batches(2), builder=tf_fm.DeepFM)
+    table = model.get_layer("field_embedding").table
+    names = [v.name for v in opt.variables]
+    dense = [w for w in model.trainable_weights if w.name != "table"]
+    expected = [f"{w.path.replace('/', '_')}_{s}" for w in dense for s in ("momentum", "velocity")]
+    assert names == ["iteration", "learning_rate", *expected, "field_embedding_table_accumulator"]
+    assert tuple(opt.variables[-1].shape) == (table.shape[0],)
+
+
+def test_rowwise_adagrad_dense_variables_get_adam():
+    # Non-table variables: keras.optimizers.Adam at `learning_rate`, whatever
+    # the tables' multiplier.
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=(4, 3)).astype("float32") for _ in range(3)]
+    results = []
+    for opt in (keras.optimizers.Adam(0.05), RowwiseAdagrad(0.05)):
+        var = keras.Variable(np.ones((4, 3), "float32"), name="kernel")
+        for g in grads:
+            opt.apply_gradients([(tf.constant(g), var)])
+        results.append(var.numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-6, atol=1e-7)
+
+
+def test_rowwise_adagrad_dense_gradient_for_a_table_equals_the_sparse_one():
+    values = tf.constant([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
+    sparse = tf.IndexedSlices(values, tf.constant([2, 0, 2]), dense_shape=tf.constant([4, 2]))
+    results = []
+    for grad in (sparse, tf.convert_to_tensor(sparse)):
+        var = table_variable(np.ones((4, 2), "float32"))
+        opt = RowwiseAdagrad(0.01)
+        opt.apply_gradients([(grad, var)])
+        results.append((var.numpy(), opt.accumulator(var).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+    np.testing.assert_array_equal(results[0][0][[1, 3]], 1.0)
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [tf.distribute.OneDeviceStrategy("/cpu:0"), tf.distribute.MirroredStrategy(["/cpu:0"])],
+    ids=["one_device", "mirrored"],
+)
+def test_rowwise_adagrad_under_a_distribution_strategy(strategy):
+    steps = sparse_steps(5, 3, n_steps=3)
+    results = []
+    for distributed in (False, True):
+        with strategy.scope() if distributed else contextlib.nullcontext():
+            var = table_variable(np.ones((5, 3), "float32"))
+            opt = RowwiseAdagrad(0.01)
+            opt.build([var])
+        for ids, grads in steps:
+            grad = tf.IndexedSlices(tf.constant(grads), tf.constant(ids), tf.constant([5, 3]))
+            if distributed:
+                strategy.run(opt.apply_gradients, args=([(grad, var)],))
+            else:
+                opt.apply_gradients([(grad, var)])
+        results.append((var.numpy(), opt.accumulator(var).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-6)
+
+
+def test_rowwise_adagrad_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="embedding_weight_decay_mode"):
+        RowwiseAdagrad(embedding_weight_decay_mode="decouple")
+    with pytest.raises(ValueError, match="epsilon"):
+        RowwiseAdagrad(epsilon=-1.0)
+    with pytest.raises(ValueError, match="embedding_learning_rate_multiplier"):
+        RowwiseAdagrad(embedding_learning_rate_multiplier=0.0)

@@ -2,6 +2,7 @@
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -195,3 +196,42 @@ def test_non_utf8_criteo_cell_trains(tmp_path):
     assert cli.main([*args, "--output", str(tmp_path / "run")]) == 0
     schema = tf_fm.FeatureSchema.load(tmp_path / "run" / "schema.json")
     assert schema.state["C1"]["num_undecodable"] == 1  # counted, and left to the OOV id
+
+
+def _user_dataset(labels):
+    """A dataset a user builds by hand: one ready-id field, the given labels."""
+    ids = np.arange(len(labels), dtype=np.int64) % 5
+    return tf.data.Dataset.from_tensor_slices(({"c": ids}, np.asarray(labels))).batch(4)
+
+
+@pytest.mark.parametrize(
+    "task, labels, message",
+    [
+        ("binary", [0, 1, 5, 0], "label 5 is not 0 or 1 (task=binary)"),
+        ("binary", [0, np.nan, 1, 0], "label nan is not 0 or 1 (task=binary)"),
+        ("regression", [1.5, 2.0, np.inf, 3.0], "label inf is not a finite number"),
+    ],
+)
+def test_a_users_dataset_with_bad_labels_stops_before_any_weight_changes(task, labels, message):
+    feature = tf_fm.CategoricalFeature("c", encoding="integer", num_ids=5)
+    model = tf_fm.compile_model(tf_fm.FM([feature], embedding_dim=2, task=task))
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+        model.fit(_user_dataset(labels), epochs=1, verbose=0)
+    assert readable_message(caught.value).startswith(message)
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_checked_losses_equal_keras_losses_and_reload():
+    labels = np.array([[0.0], [1.0], [1.0]], np.float32)
+    probabilities = np.array([[0.2], [0.7], [0.9]], np.float32)
+    checked = tf_fm.losses.CheckedBinaryCrossentropy()
+    plain = keras.losses.BinaryCrossentropy()
+    np.testing.assert_allclose(checked(labels, probabilities), plain(labels, probabilities))
+    squared = tf_fm.losses.CheckedMeanSquaredError()
+    np.testing.assert_allclose(
+        squared(labels, probabilities), keras.losses.MeanSquaredError()(labels, probabilities)
+    )
+    again = keras.losses.deserialize(keras.losses.serialize(checked))
+    assert isinstance(again, tf_fm.losses.CheckedBinaryCrossentropy)

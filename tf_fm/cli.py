@@ -425,10 +425,11 @@ def build_parser():
     model = train.add_argument_group("model")
     model.add_argument(
         "--model",
-        choices=["fm", "deepfm", "hofm", "fwfm", "nfm"],
+        choices=["fm", "deepfm", "hofm", "fwfm", "ffm", "nfm"],  # training.MODELS (a test)
         default="deepfm",
         help="fm: Factorization Machine; deepfm: FM + DNN on the same embeddings; hofm: "
-        "higher-order FM (--order); fwfm: field-weighted FM; nfm: neural FM (default: deepfm)",
+        "higher-order FM (--order); fwfm: field-weighted FM; ffm: field-aware FM (a vector "
+        "per feature and field: F times an FM's table); nfm: neural FM (default: deepfm)",
     )
     model.add_argument(
         "--order", type=int, default=3, help="hofm: highest interaction order (default: 3)"

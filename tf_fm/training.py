@@ -61,7 +61,7 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 BACKUP_DIR = "backup"
 LOCK_FILE = ".lock"
-MODELS = ("fm", "deepfm", "hofm", "fwfm", "nfm")
+MODELS = ("fm", "deepfm", "hofm", "fwfm", "ffm", "nfm")
 # Most epochs of a run with validation files: the BARS protocol's cap; early
 # stopping (`default_callbacks`) ends the run long before on real data.
 EPOCHS_WITH_VALIDATION = 100
@@ -155,7 +155,7 @@ class ModelOptions:
     """The model of a run (`tf_fm.models` builders) and its main arguments.
 
     Args:
-        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"` or `"nfm"`. Defaults
+        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"`, `"ffm"` or `"nfm"`. Defaults
             to `"deepfm"`.
         embedding_dim: int. Factor size k. Defaults to 10.
         dnn_units: sequence of int or None. Hidden layers of DeepFM / NFM;
@@ -206,6 +206,7 @@ class ModelOptions:
             "deepfm": lambda: models_lib.DeepFM(schema, **self._dnn_args(), **common),
             "hofm": lambda: models_lib.HOFM(schema, order=self.order, **common),
             "fwfm": lambda: models_lib.FwFM(schema, **common),
+            "ffm": lambda: models_lib.FFM(schema, **common),
             "nfm": lambda: models_lib.NFM(schema, **self._dnn_args(), **common),
         }
         model = builders[self.model]()

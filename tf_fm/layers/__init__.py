@@ -1,6 +1,7 @@
 """Keras layers of tf_fm."""
 
 from tf_fm.layers.anova_interaction import AnovaInteraction
+from tf_fm.layers.ffm_interaction import FFMInteraction
 from tf_fm.layers.field_embedding import FieldEmbedding
 from tf_fm.layers.fm_interaction import FMInteraction
 from tf_fm.layers.fwfm_interaction import FwFMInteraction
@@ -9,6 +10,7 @@ from tf_fm.layers.prediction_head import PredictionHead
 
 __all__ = [
     "AnovaInteraction",
+    "FFMInteraction",
     "FieldEmbedding",
     "FMInteraction",
     "FwFMInteraction",
