@@ -66,6 +66,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_fm import metrics as metrics_lib
 from tf_fm import models as models_lib
 from tf_fm.features import PADDING_ID, field_config, weights_input_name
 from tf_fm.layers import FieldEmbedding
@@ -556,10 +557,6 @@ class GibbsSampler:
 # === The public API ===
 
 
-def _rmse(y, prediction):
-    return float(np.sqrt(np.mean((y - prediction) ** 2)))
-
-
 def posterior_mean_model(
     fields: Sequence,
     samples: Sequence[Sample],
@@ -732,10 +729,10 @@ class BayesianFM:
                 if valid is not None:
                     valid_sum = valid_sum + valid_pred
                     valid_pred = valid_sum / len(kept)
-            history["rmse"].append(_rmse(sampler.y, train_pred))
+            history["rmse"].append(metrics_lib.rmse(sampler.y, train_pred))
             history["alpha"].append(sampler.alpha)
             if valid is not None:
-                history["val_rmse"].append(_rmse(valid[1], valid_pred))
+                history["val_rmse"].append(metrics_lib.rmse(valid[1], valid_pred))
             if log is not None and ((sweep + 1) % log_every == 0 or sweep + 1 == total):
                 logs = ", ".join(f"{key} {values[-1]:.4f}" for key, values in history.items())
                 phase = "burn-in" if sweep < self.burn_in else f"{len(kept)} samples"
