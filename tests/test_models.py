@@ -261,7 +261,7 @@ def test_default_callbacks_stop_early_and_decay_the_learning_rate(tmp_path):
     assert [type(c).__name__ for c in callbacks] == [
         "ReduceLROnPlateau",
         "BestEpochStopping",
-        "BackupAndRestore",
+        "AtomicBackupAndRestore",
     ]
     history = model.fit(
         x, y, validation_data=(x, noise), epochs=30, batch_size=256, callbacks=callbacks, verbose=0

@@ -47,6 +47,7 @@ _EXPORTS = {
     "to_rest_json": "tf_fm.export",
 }
 _SUBMODULES = (
+    "callbacks",
     "data",
     "explanations",
     "export",

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
+from tf_fm.callbacks import AtomicBackupAndRestore
 from tf_fm.features import Feature, field_config, weights_input_name
 from tf_fm.layers import (
     AnovaInteraction,
@@ -775,8 +776,9 @@ def default_callbacks(
       improvement of `MIN_DELTA` (BARS: patience 2), or at the first one
       once the learning rate is at its floor, and end on the best epoch's
       weights;
-    * with `backup_dir`, `keras.callbacks.BackupAndRestore(backup_dir)`: the
-      model and optimizer state after every epoch, so an interrupted `fit`
+    * with `backup_dir`, `tf_fm.callbacks.AtomicBackupAndRestore(backup_dir)`:
+      the model and optimizer state after every epoch, committed so that a
+      kill at any moment leaves a readable state, so an interrupted `fit`
       with the same callbacks resumes from the last finished epoch.
 
     The metric is `val_auc` (maximized) for a binary model and `val_rmse`
@@ -817,5 +819,5 @@ def default_callbacks(
         BestEpochStopping(monitor, mode, patience),
     ]
     if backup_dir is not None:
-        callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir)))
+        callbacks.append(AtomicBackupAndRestore(backup_dir))
     return callbacks

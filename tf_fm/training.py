@@ -12,7 +12,7 @@ validation files are given, and writes the run directory:
       model.keras     the trained model (best epoch)
       history.json    per-epoch logs, one entry per finished epoch
       metrics.json    validation metrics, epochs run, time
-      backup/         Keras BackupAndRestore state while training
+      backup/         AtomicBackupAndRestore state while training
       .lock           held by the training process (one writer per directory)
 
 Calling `train` again with the same `output` after an interruption resumes
@@ -49,6 +49,7 @@ from tf_fm import export as export_lib
 from tf_fm import metrics as metrics_lib
 from tf_fm import models as models_lib
 from tf_fm import plots as plots_lib
+from tf_fm.callbacks import AtomicBackupAndRestore
 from tf_fm.data import formats
 from tf_fm.data.text import ReadReport
 from tf_fm.errors import UsageError
@@ -110,7 +111,7 @@ class EpochLog(keras.callbacks.Callback):
     """Writes the per-epoch logs to a JSON file after every epoch, across resumes.
 
     Keras' `History` starts empty in every `fit`, so it does not survive a
-    resume. On a resumed run (`BackupAndRestore`) the epochs logged before
+    resume. On a resumed run (`AtomicBackupAndRestore`) the epochs logged before
     the interruption are kept up to the epoch training restarts from, so the
     file always holds one entry per finished epoch of the whole run.
 
@@ -147,7 +148,7 @@ def training_callbacks(
         return models_lib.default_callbacks(task, patience=patience, backup_dir=backup_dir)
     if backup_dir is None:
         return []
-    return [keras.callbacks.BackupAndRestore(str(backup_dir))]
+    return [AtomicBackupAndRestore(backup_dir)]
 
 
 @dataclasses.dataclass
@@ -535,8 +536,7 @@ class RunLock:
 
 def _open_output(out, overwrite):
     """Whether `out` holds an interrupted run to resume; refuses to clobber a finished one."""
-    backup = out / BACKUP_DIR
-    resuming = backup.is_dir() and any(backup.iterdir())
+    resuming = AtomicBackupAndRestore.has_state(out / BACKUP_DIR)
     if (out / MODEL_FILE).exists() and not resuming and not overwrite:
         raise UsageError(f"{out} already holds a trained model; pass overwrite (--overwrite)")
     out.mkdir(parents=True, exist_ok=True)
