@@ -235,3 +235,11 @@ def test_checked_losses_equal_keras_losses_and_reload():
     )
     again = keras.losses.deserialize(keras.losses.serialize(checked))
     assert isinstance(again, tf_fm.losses.CheckedBinaryCrossentropy)
+
+
+def test_checked_losses_take_an_empty_batch():
+    # A worker's share of the last global batch can be empty (tf_fm.distributed).
+    empty = np.zeros((0, 1), np.float32)
+    for loss in (tf_fm.losses.CheckedBinaryCrossentropy(), tf_fm.losses.CheckedMeanSquaredError()):
+        assert loss.call(tf.constant(empty), tf.constant(empty)).shape == (0,)
+        assert tf.function(loss.call)(tf.constant(empty), tf.constant(empty)).shape == (0,)

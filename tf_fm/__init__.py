@@ -47,8 +47,11 @@ _EXPORTS = {
     "to_rest_json": "tf_fm.export",
 }
 _SUBMODULES = (
+    "bayesian",
+    "calibration",
     "callbacks",
     "data",
+    "distributed",
     "explanations",
     "export",
     "features",

@@ -50,6 +50,12 @@ def cmd_train(args):
     from tf_fm import training
     from tf_fm.data import formats
 
+    if args.cluster:
+        from tf_fm.distributed import launch
+
+        code = launch.run_cluster_command(args.cluster, args.argv)
+        if code is not None:
+            return code
     valid = formats.resolve_files(args.valid, "--valid") if args.valid else None
     run = training.train(
         formats.resolve_files(args.data, "--data"),
@@ -78,10 +84,15 @@ def cmd_train(args):
         seed=args.seed,
         shuffle_buffer=args.shuffle_buffer,
         on_error=args.on_error,
+        calibration=args.calibration,
+        negative_downsampling=args.negative_downsampling,
         overwrite=args.overwrite,
         plots=args.plots,
         log=_say,
+        cluster=args.cluster and "tf_config",
     )
+    if run is None:  # a worker of a cluster that is not the chief
+        return 0
     if args.metrics_out:
         training.write_json(args.metrics_out, run.metrics)
     if args.export:
@@ -485,6 +496,28 @@ def build_parser():
     fit.add_argument(
         "--seed", type=int, default=0, help="seed of weights and shuffling (default: 0)"
     )
+    fit.add_argument(
+        "--calibration",
+        choices=["none", "platt", "isotonic"],
+        default="none",
+        help="recalibrate the probabilities on the --valid files after training; the saved "
+        "model and its export carry it (default: none)",
+    )
+    fit.add_argument(
+        "--negative-downsampling",
+        type=float,
+        metavar="W",
+        help="the --data files kept their negatives at rate W (0 < W <= 1); the saved model "
+        "and its export correct to the full distribution: p / (p + (1 - p) / W). --valid "
+        "files are taken to be full-distribution (default: no correction)",
+    )
+    fit.add_argument(
+        "--cluster",
+        metavar="SPEC",
+        help="train on several processes (tf.distribute): local:W (W synchronous workers "
+        "here), local:W,P (W workers, P parameter servers), tf_config (this process is "
+        "the task TF_CONFIG names); --batch-size is the global batch (default: one process)",
+    )
     outputs = train.add_argument_group("outputs")
     outputs.add_argument(
         "--output",
@@ -577,6 +610,7 @@ def _is_data_error(error):
 def main(argv=None):
     """Entry point of the `tf-fm` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if hasattr(args, "delimiter"):
         args.delimiter = _delimiter(args.delimiter)
     if not args.verbose:
@@ -599,3 +633,7 @@ def main(argv=None):
             raise
         print(f"{prefix} {readable_message(error)}", file=sys.stderr)
         return 1
+
+
+if __name__ == "__main__":  # `python -m tf_fm.cli`: what the local cluster's tasks run
+    sys.exit(main())

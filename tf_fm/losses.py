@@ -32,7 +32,10 @@ def checked_labels(labels, task: str):
     else:
         good = tf.math.is_finite(flat)
         rule = " is not a finite number (task=regression)"
-    first_bad = tf.gather(flat, tf.argmin(tf.cast(good, tf.int32)))
+    # One good value appended, so an empty batch (a worker's empty share of
+    # the last global batch) has a first element to name and passes.
+    values = tf.concat([flat, tf.zeros([1], flat.dtype)], 0)
+    first_bad = tf.gather(values, tf.argmin(tf.concat([tf.cast(good, tf.int32), [1]], 0)))
     message = tf.strings.join(["label ", tf.strings.as_string(first_bad, shortest=True), rule])
     check = tf.debugging.Assert(tf.reduce_all(good), [message], summarize=1)
     with tf.control_dependencies([check]):

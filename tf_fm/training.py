@@ -39,12 +39,14 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 
+from tf_fm import calibration as calibration_lib
 from tf_fm import export as export_lib
 from tf_fm import metrics as metrics_lib
 from tf_fm import models as models_lib
@@ -61,6 +63,9 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 BACKUP_DIR = "backup"
+# What the `tf_fm.distributed` loops commit in BACKUP_DIR after each epoch: the
+# mirrored loop's arrays and the parameter-server loop's `tf.train.Checkpoint` state.
+DISTRIBUTED_CHECKPOINTS = ("checkpoint.npz", "checkpoint")
 LOCK_FILE = ".lock"
 MODELS = ("fm", "deepfm", "hofm", "fwfm", "ffm", "nfm")
 # Most epochs of a run with validation files: the BARS protocol's cap; early
@@ -229,6 +234,14 @@ class TrainSettings:
         shuffle_buffer: int. Rows shuffled together. Defaults to 100000.
         on_error: str. A malformed line: `"raise"` (file:line) or `"skip"`
             (counted). Defaults to `"raise"`.
+        calibration: str. `"none"`, `"platt"` or `"isotonic"`: fitted on the
+            validation files after training and carried in the saved model's
+            `PredictionHead` (`tf_fm.calibration`). Defaults to `"none"`.
+        negative_downsampling: float or None. The rate in (0, 1] at which
+            the training files kept their negatives (the user downsampled
+            them); training sees them as they are, the saved model and its
+            export output q = p / (p + (1 - p) / w). Validation files are
+            taken to be from the full distribution. Defaults to None.
     """
 
     epochs: int | None = None
@@ -237,6 +250,8 @@ class TrainSettings:
     seed: int = 0
     shuffle_buffer: int = 100_000
     on_error: str = "raise"
+    calibration: str = "none"
+    negative_downsampling: float | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "shuffle_buffer"):
@@ -247,6 +262,19 @@ class TrainSettings:
                 raise UsageError(f"{name} must be a positive integer. Received: {value!r}")
         if self.on_error not in ("raise", "skip"):
             raise UsageError(f"on_error must be 'raise' or 'skip'. Received: {self.on_error!r}")
+        if self.calibration not in calibration_lib.METHODS:
+            raise UsageError(
+                f"calibration must be one of {calibration_lib.METHODS}. "
+                f"Received: {self.calibration!r}"
+            )
+        rate = self.negative_downsampling
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0
+        ):
+            raise UsageError(
+                f"negative_downsampling (the rate negatives were kept at) must be in (0, 1]. "
+                f"Received: {rate!r}"
+            )
 
 
 def predict_dataset(model: keras.Model, dataset, with_labels: bool = True):
@@ -312,7 +340,7 @@ def export_model(
             "pip install 'tf-fm[serving]')"
         )
     log(f"Exporting to {export_dir} and verifying in a TensorFlow-only process ...")
-    metadata = {f"valid_{k}": v for k, v in (scores or {}).items() if v is not None}
+    metadata = {f"valid_{k}": v for k, v in (scores or {}).items() if isinstance(v, (int, float))}
     path = export_lib.export_saved_model(
         model,
         export_dir,
@@ -534,12 +562,25 @@ class RunLock:
             self._handle = None
 
 
-def _open_output(out, overwrite):
+def has_backup(directory: str | os.PathLike) -> bool:
+    """Whether `directory` (a run's `BACKUP_DIR`) holds a finished epoch's state to resume from.
+
+    That of `fit` (`AtomicBackupAndRestore`) or of the `tf_fm.distributed`
+    loops (`DISTRIBUTED_CHECKPOINTS`).
+    """
+    directory = pathlib.Path(directory)
+    if AtomicBackupAndRestore.has_state(directory):
+        return True
+    return any((directory / name).is_file() for name in DISTRIBUTED_CHECKPOINTS)
+
+
+def _open_output(out, overwrite, create=True):
     """Whether `out` holds an interrupted run to resume; refuses to clobber a finished one."""
-    resuming = AtomicBackupAndRestore.has_state(out / BACKUP_DIR)
+    resuming = has_backup(out / BACKUP_DIR)
     if (out / MODEL_FILE).exists() and not resuming and not overwrite:
         raise UsageError(f"{out} already holds a trained model; pass overwrite (--overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return resuming
 
 
@@ -608,6 +649,48 @@ def _fit(model, train_data, valid_data, out, resuming, settings, task, log, verb
     return epoch_log.history
 
 
+def _fit_distributed(
+    model_options,
+    schema,
+    pipeline,
+    files,
+    valid_files,
+    out,
+    resuming,
+    settings,
+    task,
+    log,
+    distribution,
+):
+    """`tf_fm.distributed.loop.fit` on the run's readers, sharded over the workers."""
+    from tf_fm.distributed import loop
+
+    strategy, checkpoint_dir = distribution
+
+    def dataset_fn(paths, shuffle):
+        return loop.sharded_dataset_fn(
+            lambda part, batch, mixed: pipeline(part, mixed, batch_size=batch),
+            paths,
+            global_batch=settings.batch_size,
+            shuffle=shuffle,
+            seed=settings.seed,
+            shuffle_buffer=settings.shuffle_buffer,
+        )
+
+    return loop.fit(
+        lambda: model_options.build(schema, task),
+        dataset_fn(files, True),
+        dataset_fn(valid_files, False) if valid_files else None,
+        strategy=strategy,
+        settings=settings,
+        out=out,
+        checkpoint_dir=checkpoint_dir,
+        resuming=resuming,
+        task=task,
+        log=log,
+    )
+
+
 def _results(model, valid_data, history, task, report, seconds):
     result = {"epochs_run": len(history.get("loss", [])), "seconds": seconds}
     labels = predictions = None
@@ -643,8 +726,9 @@ def train(
     plots: str | os.PathLike | None = None,
     log: Log = _say,
     verbose: int | None = None,
+    cluster: str | None = None,
     **options,
-) -> Run:
+) -> Run | None:
     """Trains FM or DeepFM on files and writes (or resumes) a run directory.
 
     Args:
@@ -668,15 +752,24 @@ def train(
         plots: directory for training curves, ROC and calibration PNGs.
         log: callable printing one line. Defaults to `print`.
         verbose: Keras `fit` verbosity; None picks one for the terminal.
+        cluster: None (this process trains alone) or `"tf_config"`: this
+            process is one task of the cluster in `TF_CONFIG`, trained with
+            `tf_fm.distributed` (`batch_size` is the global batch). Only the
+            chief writes `output` (on storage every task sees); the other
+            workers work in a scratch directory and return None. Start a
+            local cluster with `tf-fm train --cluster local:W` (or
+            `tf_fm.distributed.launch.launch_local`).
         **options: fields of `ModelOptions` (`embedding_dim`, `dnn_units`,
             `dropout`, `batch_norm`, `l2`, `learning_rate`, `order`) and of
             `TrainSettings` (`epochs`, `batch_size`, `patience`, `seed`,
             `shuffle_buffer`, `on_error`).
 
     Returns:
-        The `Run`.
+        The `Run`; None on a task of a cluster that is not the chief.
     """
     model_options, settings = _options(model, settings, options)
+    _check_calibration(settings, task, valid)
+    strategy, chief = _distribution(cluster)
     if settings.epochs is None:
         settings = dataclasses.replace(settings, epochs=EPOCHS_WITH_VALIDATION if valid else 10)
     spec = formats.DataSpec(format, task, label, delimiter, separator)
@@ -685,18 +778,19 @@ def train(
     valid_files = formats.resolve_files(valid, "valid") if valid else []
     inference = {"min_count": min_count, "categorical": categorical, "numeric": numeric}
     request = _request(spec, files, valid_files, schema, inference, model_options, settings)
-    with RunLock(out):
+    work = out if chief else pathlib.Path(tempfile.mkdtemp(prefix="tf_fm_worker_"))
+    with RunLock(work):
         if _finished(out, request, overwrite):
             log(f"{out} already holds this run, trained with the same data and settings.")
-            return Run(out)
-        resuming = _open_output(out, overwrite)
+            return Run(out) if chief else None
+        resuming = _open_output(out, overwrite, create=chief)
         keras.utils.set_random_seed(settings.seed)
         schema = _run_schema(
-            spec, files, valid_files, schema, out, resuming, inference, settings.on_error, log
+            spec, files, valid_files, schema, work, resuming, inference, settings.on_error, log
         )
-        write_json(out / RUN_FILE, _run_config(spec, model_options, settings, request))
+        write_json(work / RUN_FILE, _run_config(spec, model_options, settings, request))
         _train_and_report(
-            out,
+            work,
             spec,
             schema,
             files,
@@ -707,8 +801,27 @@ def train(
             plots,
             log,
             verbose,
+            (strategy, out / BACKUP_DIR) if strategy is not None else None,
         )
+    if not chief:
+        shutil.rmtree(work, ignore_errors=True)
+        return None
     return Run(out)
+
+
+def _distribution(cluster):
+    """`(strategy, chief)` of `train`'s `cluster`: `(None, True)` for one process."""
+    if cluster is None:
+        return None, True
+    from tf_fm.distributed import cluster as cluster_lib
+
+    if cluster_lib.parse_cluster(cluster).kind != "tf_config":
+        raise UsageError(
+            f"train(cluster=...) takes 'tf_config' (this process is a task of TF_CONFIG's "
+            f"cluster); start a local cluster with `tf-fm train --cluster {cluster}`"
+        )
+    config = cluster_lib.read_tf_config()
+    return cluster_lib.make_strategy(config), cluster_lib.is_chief(config)
 
 
 def _request(spec, files, valid_files, schema, inference, model_options, settings):
@@ -756,17 +869,31 @@ def _check_validation_files(spec, valid_files, on_error, log):
 
 
 def _train_and_report(
-    out, spec, schema, files, valid_files, model_options, settings, resuming, plots, log, verbose
+    out,
+    spec,
+    schema,
+    files,
+    valid_files,
+    model_options,
+    settings,
+    resuming,
+    plots,
+    log,
+    verbose,
+    distribution=None,
 ):
-    """Fits, saves the model, writes metrics.json (and plots): the run after its schema."""
+    """Fits, saves the model, writes metrics.json (and plots): the run after its schema.
+
+    `distribution`: None, or `(strategy, checkpoint_dir)` for `tf_fm.distributed.loop.fit`.
+    """
     _check_validation_files(spec, valid_files, settings.on_error, log)
     report = ReadReport() if settings.on_error == "skip" else None
 
-    def pipeline(paths, shuffle):
+    def pipeline(paths, shuffle, batch_size=settings.batch_size):
         raw = formats.read_files(
             spec,
             paths,
-            batch_size=settings.batch_size,
+            batch_size=batch_size,
             shuffle_buffer=settings.shuffle_buffer if shuffle else None,
             seed=settings.seed,
             on_error=settings.on_error,
@@ -777,15 +904,37 @@ def _train_and_report(
     train_data = pipeline(files, shuffle=True)
     valid_data = pipeline(valid_files, shuffle=False) if valid_files else None
     task = spec.task
-    keras_model = model_options.build(schema, task)
     log(f"Training {model_options.model} for at most {settings.epochs} epochs ...")
     start = time.monotonic()
-    history = _fit(keras_model, train_data, valid_data, out, resuming, settings, task, log, verbose)
+    if distribution is None:
+        keras_model = model_options.build(schema, task)
+        history = _fit(
+            keras_model, train_data, valid_data, out, resuming, settings, task, log, verbose
+        )
+    else:
+        keras_model, history = _fit_distributed(
+            model_options,
+            schema,
+            pipeline,
+            files,
+            valid_files,
+            out,
+            resuming,
+            settings,
+            task,
+            log,
+            distribution,
+        )
+        if not distribution[0].extended.should_checkpoint:
+            return  # a worker that is not the chief: the chief writes the run
     seconds = time.monotonic() - start
+    calibration = _calibrate(keras_model, valid_data, settings, log)
     save_model(keras_model, out / MODEL_FILE)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
     result, labels, predictions = _results(keras_model, valid_data, history, task, report, seconds)
     result["model"] = model_options.model
+    if calibration is not None:
+        result["calibration"] = calibration
     write_json(out / METRICS_FILE, result)
     _log_results(result, out, report, log)
     if plots:
@@ -793,6 +942,47 @@ def _train_and_report(
             plots, history=history, labels=labels, predictions=predictions, task=task
         )
         log(f"Plots: {', '.join(str(p) for p in paths.values())}")
+
+
+def _check_calibration(settings, task, valid):
+    """A run's calibration settings against its task and validation files."""
+    wanted = settings.calibration != "none" or settings.negative_downsampling is not None
+    if wanted and task != "binary":
+        raise UsageError(
+            f"calibration and negative_downsampling apply to task='binary' only. "
+            f"Received: task={task!r}"
+        )
+    if settings.calibration != "none" and not valid:
+        raise UsageError(
+            f"calibration={settings.calibration!r} needs validation files (valid=, --valid) "
+            "to be fitted on"
+        )
+
+
+def _calibrate(model, valid_data, settings, log):
+    """Fits the run's calibration on the validation data and sets it in the model's head.
+
+    Returns what metrics.json records (None without calibration or
+    correction): the method, the rate, the fitted calibration and the
+    validation scores of the model as trained (before both).
+    """
+    method, rate = settings.calibration, settings.negative_downsampling
+    if method == "none" and rate is None:
+        return None
+    info = {"method": method, "negative_downsampling": rate, "fitted": None}
+    if valid_data is not None:
+        logits, labels = calibration_lib.model_logits(model, valid_data)
+        before = metrics_lib.score("binary", labels, calibration_lib.sigmoid(logits))
+        keys = ("logloss", "ece", "ece_equal_mass", "mean_prediction", "positive_rate")
+        info["uncalibrated"] = {k: before[k] for k in keys}
+        info["fitted"] = calibration_lib.fit_calibration(method, logits, labels, rate)
+    calibration_lib.set_calibration(model, info["fitted"], rate)
+    log(
+        f"Calibration: {method}"
+        + (f", negatives kept at rate {rate} corrected" if rate is not None else "")
+        + (f", fitted on {len(labels):,} validation rows" if method != "none" else "")
+    )
+    return info
 
 
 def _absolute(files):
