@@ -123,3 +123,15 @@ def test_train_runs_every_model_of_the_family(tmp_path, model):
     assert run.config["model"] == model
     assert tf_fm.describe_model(run.model()).task == "binary"
     assert run.predict(str(valid_file)).shape == (300,)
+
+
+def test_csv_run_with_an_integer_declared_id_names_the_feature(tmp_path):
+    # csv cells are text: an id declared dtype="int64" cannot be read from csv.
+    path = tmp_path / "train.csv"
+    _frame(200).to_csv(path, index=False)
+    schema = tf_fm.FeatureSchema(
+        [tf_fm.CategoricalFeature("age_bucket", dtype="int64"), tf_fm.NumericFeature("price")],
+        label="click",
+    )
+    with pytest.raises(UsageError, match="Feature 'age_bucket' is declared dtype='int64'"):
+        tf_fm.train(str(path), format="csv", schema=schema, output=tmp_path / "run", log=print)

@@ -64,6 +64,7 @@ _SUBMODULES = (
     "schema",
     "tables",
     "training",
+    "warm_start",
 )
 
 __all__ = ["__version__", *_SUBMODULES, *_EXPORTS]

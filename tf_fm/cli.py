@@ -71,13 +71,7 @@ def cmd_train(args):
         categorical=args.categorical or (),
         numeric=args.numeric or (),
         model=args.model,
-        embedding_dim=args.embedding_dim,
-        dnn_units=_parse_units(args.dnn_units) if args.dnn_units else None,
-        order=args.order,
-        dropout=args.dropout,
-        batch_norm=args.batch_norm,
-        l2=args.l2,
-        learning_rate=args.learning_rate,
+        **_model_options(args),
         epochs=args.epochs,
         batch_size=args.batch_size,
         patience=args.patience,
@@ -90,6 +84,7 @@ def cmd_train(args):
         plots=args.plots,
         log=_say,
         cluster=args.cluster and "tf_config",
+        warm_start=args.warm_start,
     )
     if run is None:  # a worker of a cluster that is not the chief
         return 0
@@ -98,6 +93,23 @@ def cmd_train(args):
     if args.export:
         run.export(args.export, log=_say)
     return 0
+
+
+def _model_options(args):
+    """The model options given on the command line; the others take their defaults.
+
+    Left out rather than filled in, so that `--warm-start` takes the run's own.
+    """
+    options = {
+        "embedding_dim": args.embedding_dim,
+        "dnn_units": _parse_units(args.dnn_units) if args.dnn_units else None,
+        "order": args.order,
+        "dropout": args.dropout,
+        "batch_norm": args.batch_norm,
+        "l2": args.l2,
+        "learning_rate": args.learning_rate,
+    }
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def cmd_evaluate(args):
@@ -437,16 +449,19 @@ def build_parser():
     model.add_argument(
         "--model",
         choices=["fm", "deepfm", "hofm", "fwfm", "ffm", "nfm"],  # training.MODELS (a test)
-        default="deepfm",
+        default=None,
         help="fm: Factorization Machine; deepfm: FM + DNN on the same embeddings; hofm: "
         "higher-order FM (--order); fwfm: field-weighted FM; ffm: field-aware FM (a vector "
         "per feature and field: F times an FM's table); nfm: neural FM (default: deepfm)",
     )
     model.add_argument(
-        "--order", type=int, default=3, help="hofm: highest interaction order (default: 3)"
+        "--order", type=int, default=None, help="hofm: highest interaction order (default: 3)"
     )
     model.add_argument(
-        "--embedding-dim", type=int, default=10, help="k, the factor size per feature (default: 10)"
+        "--embedding-dim",
+        type=int,
+        default=None,
+        help="k, the factor size per feature (default: 10)",
     )
     model.add_argument(
         "--dnn-units",
@@ -467,7 +482,7 @@ def build_parser():
     model.add_argument(
         "--l2",
         type=float,
-        default=1e-5,
+        default=None,
         help="L2 on the embedding and first-order rows each example uses (default: 1e-5)",
     )
     fit = train.add_argument_group("training")
@@ -482,7 +497,7 @@ def build_parser():
     fit.add_argument(
         "--learning-rate",
         type=float,
-        default=1e-3,
+        default=None,
         help="initial learning rate of tf_fm.LazyAdam; divided by 10 after an epoch without "
         "validation improvement (default: 1e-3)",
     )
@@ -510,6 +525,13 @@ def build_parser():
         help="the --data files kept their negatives at rate W (0 < W <= 1); the saved model "
         "and its export correct to the full distribution: p / (p + (1 - p) / W). --valid "
         "files are taken to be full-distribution (default: no correction)",
+    )
+    fit.add_argument(
+        "--warm-start",
+        metavar="RUN",
+        help="go on from a finished run on the new --data: its schema with the vocabularies "
+        "extended by the new ids, its weights and optimizer state, fresh rows for new ids; "
+        "the model and its architecture are RUN's (write to another --output)",
     )
     fit.add_argument(
         "--cluster",

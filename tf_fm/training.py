@@ -51,6 +51,7 @@ from tf_fm import export as export_lib
 from tf_fm import metrics as metrics_lib
 from tf_fm import models as models_lib
 from tf_fm import plots as plots_lib
+from tf_fm import warm_start as warm_start_lib
 from tf_fm.callbacks import AtomicBackupAndRestore
 from tf_fm.data import formats
 from tf_fm.data.text import ReadReport
@@ -595,6 +596,42 @@ def _given_schema(schema):
         raise UsageError(f"{schema} is not a valid schema file: {error}") from None
 
 
+def _fit_spec_to_schema(spec, schema):
+    """Sets what the reader of `spec` takes from the schema (libSVM row length, csv types)."""
+    if spec.format in ("libsvm", "libffm") and spec.max_length is None:
+        spec.max_length = schema.features[0].max_length
+    if spec.format == "csv" and spec.column_types is None:
+        spec.column_types = formats.csv_column_types(schema)
+
+
+def _warm_start_run(warm_start, schema, cluster, task):
+    """The finished run `train(warm_start=...)` goes on from, checked against the call."""
+    if warm_start is None:
+        return None
+    if schema is not None:
+        raise UsageError("warm_start goes on with the run's own schema: do not pass schema")
+    if cluster is not None:
+        raise UsageError("warm_start does not run on a cluster yet: train it in one process")
+    warm = Run(warm_start)
+    if not (warm.path / MODEL_FILE).is_file():
+        raise UsageError(f"warm_start: {warm.path} has not finished training (no {MODEL_FILE})")
+    if warm.task != task:
+        raise UsageError(f"warm_start: {warm.path} is a task={warm.task!r} run, not {task!r}")
+    return warm
+
+
+def _warm_schema(warm, spec, files, on_error, log):
+    """The warm-start run's schema, its vocabularies extended by the ids of `files`."""
+    schema = warm.schema
+    _fit_spec_to_schema(spec, schema)
+    log(f"Warm start from {warm.path}: extending its vocabularies on the new data ...")
+    raw = formats.read_files(spec, files, batch_size=4096, on_error=on_error)
+    extended, added = warm_start_lib.extend_schema(schema, raw)
+    for name, count in added.items():
+        log(f"  {name}: {len(extended.vocabulary(name)):,} tokens ({count:,} new)")
+    return extended
+
+
 def _run_schema(spec, files, valid_files, schema, out, resuming, inference, on_error, log):
     """The run's schema: given, the interrupted run's, or inferred; adapted and saved."""
     if schema is not None:
@@ -612,10 +649,7 @@ def _run_schema(spec, files, valid_files, schema, out, resuming, inference, on_e
             log("Schema inference, integer columns (override with categorical= / numeric=):")
         for line in notes:  # what each integer column became, and why
             log(f"  {line}")
-    if spec.format in ("libsvm", "libffm") and spec.max_length is None:
-        spec.max_length = schema.features[0].max_length
-    if spec.format == "csv" and spec.column_types is None:
-        spec.column_types = formats.csv_column_types(schema)
+    _fit_spec_to_schema(spec, schema)
     if not schema.adapted:
         log("Learning the schema (vocabularies, statistics): one pass over the data ...")
         start = time.monotonic()
@@ -720,13 +754,14 @@ def train(
     min_count: int = 2,
     categorical: Sequence[str] = (),
     numeric: Sequence[str] = (),
-    model: str | ModelOptions = "deepfm",
+    model: str | ModelOptions | None = None,
     settings: TrainSettings | None = None,
     overwrite: bool = False,
     plots: str | os.PathLike | None = None,
     log: Log = _say,
     verbose: int | None = None,
     cluster: str | None = None,
+    warm_start: str | os.PathLike | None = None,
     **options,
 ) -> Run | None:
     """Trains FM or DeepFM on files and writes (or resumes) a run directory.
@@ -745,8 +780,9 @@ def train(
             multi-valued cell separator.
         min_count, categorical, numeric: schema inference (see
             `tf_fm.data.formats.infer_format_schema`).
-        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"`, `"nfm"` or a
-            `ModelOptions`. Defaults to `"deepfm"`.
+        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"`, `"ffm"`, `"nfm"` or a
+            `ModelOptions`. Defaults to None: `"deepfm"`, or the `warm_start`
+            run's model and options.
         settings: `TrainSettings` or None (defaults, updated by `options`).
         overwrite: bool. Replace a finished run in `output`. Defaults to False.
         plots: directory for training curves, ROC and calibration PNGs.
@@ -759,6 +795,13 @@ def train(
             workers work in a scratch directory and return None. Start a
             local cluster with `tf-fm train --cluster local:W` (or
             `tf_fm.distributed.launch.launch_local`).
+        warm_start: a finished run directory, or None. Go on from its model
+            on the new `data` (`tf_fm.warm_start`): its schema with the
+            vocabularies extended by the new ids, its weights and optimizer
+            state for the old ids, fresh rows for the new ones; the model and
+            its architecture options are the run's (`l2`, `learning_rate` and
+            the training settings may change). `output` must be another
+            directory.
         **options: fields of `ModelOptions` (`embedding_dim`, `dnn_units`,
             `dropout`, `batch_norm`, `l2`, `learning_rate`, `order`) and of
             `TrainSettings` (`epochs`, `batch_size`, `patience`, `seed`,
@@ -767,17 +810,22 @@ def train(
     Returns:
         The `Run`; None on a task of a cluster that is not the chief.
     """
-    model_options, settings = _options(model, settings, options)
+    warm = _warm_start_run(warm_start, schema, cluster, task)
+    model_options, settings = _options(model, settings, options, warm)
     _check_calibration(settings, task, valid)
     strategy, chief = _distribution(cluster)
     if settings.epochs is None:
         settings = dataclasses.replace(settings, epochs=EPOCHS_WITH_VALIDATION if valid else 10)
     spec = formats.DataSpec(format, task, label, delimiter, separator)
     out = pathlib.Path(output or f"runs/{model_options.model}")
+    if warm is not None and out.resolve() == warm.path.resolve():
+        raise UsageError(f"warm_start: write the continued run to another output than {out}")
     files = formats.resolve_files(data, "data")
     valid_files = formats.resolve_files(valid, "valid") if valid else []
     inference = {"min_count": min_count, "categorical": categorical, "numeric": numeric}
     request = _request(spec, files, valid_files, schema, inference, model_options, settings)
+    if warm is not None:
+        request["warm_start"] = str(warm.path.resolve())
     work = out if chief else pathlib.Path(tempfile.mkdtemp(prefix="tf_fm_worker_"))
     with RunLock(work):
         if _finished(out, request, overwrite):
@@ -785,6 +833,8 @@ def train(
             return Run(out) if chief else None
         resuming = _open_output(out, overwrite, create=chief)
         keras.utils.set_random_seed(settings.seed)
+        if warm is not None and not (resuming and (work / SCHEMA_FILE).is_file()):
+            schema = _warm_schema(warm, spec, files, settings.on_error, log)
         schema = _run_schema(
             spec, files, valid_files, schema, work, resuming, inference, settings.on_error, log
         )
@@ -802,6 +852,7 @@ def train(
             log,
             verbose,
             (strategy, out / BACKUP_DIR) if strategy is not None else None,
+            warm.model if warm is not None and not resuming else None,
         )
     if not chief:
         shutil.rmtree(work, ignore_errors=True)
@@ -881,10 +932,12 @@ def _train_and_report(
     log,
     verbose,
     distribution=None,
+    warm_model=None,
 ):
     """Fits, saves the model, writes metrics.json (and plots): the run after its schema.
 
     `distribution`: None, or `(strategy, checkpoint_dir)` for `tf_fm.distributed.loop.fit`.
+    `warm_model`: None, or `() -> trained model` to start from (`tf_fm.warm_start.transfer`).
     """
     _check_validation_files(spec, valid_files, settings.on_error, log)
     report = ReadReport() if settings.on_error == "skip" else None
@@ -908,6 +961,8 @@ def _train_and_report(
     start = time.monotonic()
     if distribution is None:
         keras_model = model_options.build(schema, task)
+        if warm_model is not None:
+            warm_start_lib.transfer(warm_model(), keras_model)
         history = _fit(
             keras_model, train_data, valid_data, out, resuming, settings, task, log, verbose
         )
@@ -989,21 +1044,44 @@ def _absolute(files):
     return [os.path.abspath(f) for f in files]
 
 
-def _options(model, settings, options):
-    """`ModelOptions` and `TrainSettings` from `train`'s arguments."""
+# What a warm start may change of the run it goes on from: the rest is the architecture.
+WARM_START_MAY_CHANGE = ("l2", "learning_rate")
+
+
+def _options(model, settings, options, warm=None):
+    """`ModelOptions` and `TrainSettings` from `train`'s arguments (and a warm-start run's)."""
     model_fields = {f.name for f in dataclasses.fields(ModelOptions)}
     settings_fields = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(options) - model_fields - settings_fields)
     if unknown:
         raise TypeError(f"train() got unexpected keyword arguments {unknown}")
     model_args = {k: v for k, v in options.items() if k in model_fields}
+    base = ModelOptions(**warm.config["model_options"]) if warm is not None else None
     if isinstance(model, ModelOptions):
         model_options = dataclasses.replace(model, **model_args)
+    elif model is None and base is not None:
+        model_options = dataclasses.replace(base, **model_args)
     else:
-        model_options = ModelOptions(model=model, **model_args)
+        model_options = ModelOptions(model=model or "deepfm", **model_args)
+    if base is not None:
+        _check_architecture(model_options, base, warm.path)
     settings_args = {k: v for k, v in options.items() if k in settings_fields}
     settings = dataclasses.replace(settings or TrainSettings(), **settings_args)
     return model_options, settings
+
+
+def _check_architecture(model_options, base, path):
+    """A warm start keeps the architecture of the run it goes on from."""
+    given, trained = dataclasses.asdict(model_options), dataclasses.asdict(base)
+    for name, value in trained.items():
+        same = given[name] == value or (
+            isinstance(value, (list, tuple)) and list(given[name] or ()) == list(value)
+        )
+        if name not in WARM_START_MAY_CHANGE and not same:
+            raise UsageError(
+                f"warm_start: {path} was trained with {name}={value!r}, not {given[name]!r}; "
+                "a warm start keeps the architecture (leave it out)"
+            )
 
 
 def _log_results(result, out, report, log):

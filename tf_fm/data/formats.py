@@ -216,7 +216,20 @@ def _frame_schema(frame, label, separator, min_count, categorical, numeric, note
 
 
 def csv_column_types(schema: schema_lib.FeatureSchema) -> dict[str, str]:
-    """How `read_csv` types each feature's column: `"float"` for numeric, `"string"` else."""
+    """How `read_csv` types each feature's column: `"float"` for numeric, `"string"` else.
+
+    Raises:
+        UsageError: a categorical or multi-valued feature declared with an
+            integer dtype: csv cells are read as text, so it must be declared
+            `dtype="string"` (the default of a vocabulary), naming the feature.
+    """
+    for feature in schema.features:
+        if feature.kind != "numeric" and feature.raw_dtype != "string":
+            raise UsageError(
+                f"Feature '{feature.name}' is declared dtype={feature.raw_dtype!r}, but csv cells "
+                "are read as text: declare it with dtype='string' (encoding='vocabulary' or "
+                "'hash') to read it from csv"
+            )
     return {f.name: "float" if f.kind == "numeric" else "string" for f in schema.features}
 
 
