@@ -1,5 +1,6 @@
 """tf_fm.training (the run API `tf-fm train` stands on) and the DataFrame path with ids."""
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,3 +136,47 @@ def test_csv_run_with_an_integer_declared_id_names_the_feature(tmp_path):
     )
     with pytest.raises(UsageError, match="Feature 'age_bucket' is declared dtype='int64'"):
         tf_fm.train(str(path), format="csv", schema=schema, output=tmp_path / "run", log=print)
+
+
+def test_train_with_rowwise_adagrad_tables(tmp_path):
+    path = tmp_path / "train.csv"
+    _frame(2000).to_csv(path, index=False)
+    run = tf_fm.train(
+        str(path), format="csv", label="click", valid=str(path), output=tmp_path / "run",
+        model="fm", optimizer="rowwise_adagrad", epochs=3, learning_rate=0.01,
+        log=lambda line: None, verbose=0,
+    )  # fmt: skip
+    model = run.model()  # reloads without custom_objects, its optimizer state with it
+    assert isinstance(model.optimizer, tf_fm.optimizers.RowwiseAdagrad)
+    [table] = tf_fm.models.describe_model(model).tables
+    assert tuple(model.optimizer.accumulator(table).shape) == (table.shape[0],)
+    assert run.metrics["valid"]["auc"] > 0.6
+    assert run.config["model_options"]["optimizer"] == "rowwise_adagrad"
+
+
+def test_compile_model_embedding_optimizer_choices():
+    model = tf_fm.FM([{"name": "a", "kind": "categorical", "vocabulary_size": 4}])
+    assert isinstance(
+        tf_fm.compile_model(model, embedding_optimizer="rowwise_adagrad").optimizer,
+        tf_fm.optimizers.RowwiseAdagrad,
+    )
+    assert isinstance(tf_fm.compile_model(model).optimizer, tf_fm.optimizers.LazyAdam)
+    with pytest.raises(ValueError, match="must be one of"):
+        tf_fm.compile_model(model, embedding_optimizer="sgd")
+    with pytest.raises(ValueError, match="not both"):
+        tf_fm.compile_model(
+            model, optimizer=keras.optimizers.Adam(), embedding_optimizer="rowwise_adagrad"
+        )
+    with pytest.raises(UsageError, match="optimizer must be one of"):
+        training.ModelOptions(optimizer="adam")
+
+
+def test_cli_optimizer_choices_are_the_embedding_optimizers():
+    from tf_fm import cli
+
+    parser = cli.build_parser()
+    for name in tf_fm.models.EMBEDDING_OPTIMIZERS:
+        args = parser.parse_args(["train", "--data", "x", "--format", "csv", "--optimizer", name])
+        assert cli._model_options(args)["optimizer"] == name
+    args = parser.parse_args(["train", "--data", "x", "--format", "csv"])
+    assert "optimizer" not in cli._model_options(args)  # left to the default (or the warm start)

@@ -108,6 +108,7 @@ def _model_options(args):
         "batch_norm": args.batch_norm,
         "l2": args.l2,
         "learning_rate": args.learning_rate,
+        "optimizer": args.optimizer,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -525,6 +526,14 @@ def build_parser():
         help="the --data files kept their negatives at rate W (0 < W <= 1); the saved model "
         "and its export correct to the full distribution: p / (p + (1 - p) / W). --valid "
         "files are taken to be full-distribution (default: no correction)",
+    )
+    fit.add_argument(
+        "--optimizer",
+        choices=["lazy_adam", "rowwise_adagrad"],  # models.EMBEDDING_OPTIMIZERS
+        default=None,
+        help="the embedding tables' rule: lazy_adam (Adam on the rows a batch touches) or "
+        "rowwise_adagrad (TorchRec/FBGEMM's, one accumulator per row, at 10x the learning "
+        "rate); Adam elsewhere either way (default: lazy_adam)",
     )
     fit.add_argument(
         "--warm-start",

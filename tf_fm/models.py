@@ -19,7 +19,7 @@ from tf_fm.layers import (
 )
 from tf_fm.losses import CheckedBinaryCrossentropy, CheckedMeanSquaredError
 from tf_fm.metrics import LogLoss
-from tf_fm.optimizers import LazyAdam
+from tf_fm.optimizers import LazyAdam, RowwiseAdagrad
 from tf_fm.schema import FeatureSchema
 from tf_fm.tables import is_embedding_table
 
@@ -649,11 +649,16 @@ def NFM(
     return keras.Model(inputs=inputs, outputs=outputs, name=name)
 
 
+# The embedding-table rules `compile_model(embedding_optimizer=...)` offers.
+EMBEDDING_OPTIMIZERS = {"lazy_adam": LazyAdam, "rowwise_adagrad": RowwiseAdagrad}
+
+
 def compile_model(
     model: keras.Model,
     learning_rate: float = 1e-3,
     optimizer: keras.optimizers.Optimizer | None = None,
     metrics: bool | list = True,
+    embedding_optimizer: str = "lazy_adam",
     **compile_kwargs,
 ) -> keras.Model:
     """Compile a model of this module (`FM`, `DeepFM`, `HOFM`, ...) with the package's defaults.
@@ -662,7 +667,11 @@ def compile_model(
       and biases, and on the embedding tables an update of only the rows the
       batch uses, so a step costs the same at 10^4 or 10^7 rows (stock Keras
       Adam updates every row every step). `learning_rate` 1e-3 is the DeepFM
-      paper's and the BARS benchmark's Adam setting.
+      paper's and the BARS benchmark's Adam setting. With
+      `embedding_optimizer="rowwise_adagrad"`, `tf_fm.optimizers.RowwiseAdagrad
+      (learning_rate)`: the same Adam off the tables, and on them TorchRec /
+      FBGEMM's row-wise Adagrad (one accumulator per row: slot memory rows x 1
+      instead of rows x 2(k + 1)), at 10x `learning_rate`.
     * loss from the output: binary cross-entropy for a `probability` output,
       mean squared error for a `prediction` output, each refusing labels the
       task cannot have (`tf_fm.losses`: a NaN label, or one other than 0/1 for
@@ -676,11 +685,22 @@ def compile_model(
         learning_rate: float. Defaults to 1e-3.
         optimizer: a Keras optimizer to use instead of `LazyAdam`.
         metrics: bool or list. True for the defaults above.
+        embedding_optimizer: str. The tables' rule: `"lazy_adam"` or
+            `"rowwise_adagrad"` (see above). Defaults to `"lazy_adam"`.
         **compile_kwargs: passed on to `model.compile`.
 
     Returns:
         The model, compiled.
     """
+    if embedding_optimizer not in EMBEDDING_OPTIMIZERS:
+        raise ValueError(
+            f"`embedding_optimizer` must be one of {sorted(EMBEDDING_OPTIMIZERS)}. "
+            f"Received: embedding_optimizer={embedding_optimizer!r}"
+        )
+    if optimizer is not None and embedding_optimizer != "lazy_adam":
+        raise ValueError("Pass `optimizer` or `embedding_optimizer`, not both")
+    if optimizer is None:
+        optimizer = EMBEDDING_OPTIMIZERS[embedding_optimizer](learning_rate)
     binary = describe_model(model).task == "binary"
     if metrics is True:
         if binary:
@@ -692,7 +712,7 @@ def compile_model(
             metrics = [keras.metrics.RootMeanSquaredError(name="rmse")]
     compile_kwargs.setdefault("jit_compile", False)
     model.compile(
-        optimizer=optimizer if optimizer is not None else LazyAdam(learning_rate),
+        optimizer=optimizer,
         loss=CheckedBinaryCrossentropy() if binary else CheckedMeanSquaredError(),
         metrics=metrics or None,
         **compile_kwargs,

@@ -175,6 +175,9 @@ class ModelOptions:
             uses. Defaults to 1e-5.
         learning_rate: float. Initial LazyAdam learning rate. Defaults to 1e-3.
         order: int. HOFM: the highest interaction order. Defaults to 3.
+        optimizer: str. The embedding tables' rule (`compile_model`'s
+            `embedding_optimizer`): `"lazy_adam"` or `"rowwise_adagrad"`.
+            Defaults to `"lazy_adam"`.
     """
 
     model: str = "deepfm"
@@ -185,10 +188,16 @@ class ModelOptions:
     l2: float = 1e-5
     learning_rate: float = 1e-3
     order: int = 3
+    optimizer: str = "lazy_adam"
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise UsageError(f"model must be one of {MODELS}. Received: {self.model!r}")
+        if self.optimizer not in models_lib.EMBEDDING_OPTIMIZERS:
+            raise UsageError(
+                f"optimizer must be one of {sorted(models_lib.EMBEDDING_OPTIMIZERS)}. "
+                f"Received: {self.optimizer!r}"
+            )
         if self.dnn_units is not None:
             self.dnn_units = [int(u) for u in self.dnn_units]
 
@@ -217,7 +226,9 @@ class ModelOptions:
             "nfm": lambda: models_lib.NFM(schema, **self._dnn_args(), **common),
         }
         model = builders[self.model]()
-        return models_lib.compile_model(model, learning_rate=self.learning_rate)
+        return models_lib.compile_model(
+            model, learning_rate=self.learning_rate, embedding_optimizer=self.optimizer
+        )
 
 
 @dataclasses.dataclass
