@@ -26,6 +26,8 @@ Configurations (DeepFM unless named fm_*):
   equivalent). `b_l2_1e-4`: `b_criteo_x1` with `embeddings_l2 = 1e-4`.
 * the schedule with one more change: `a_sched_dropout0.1`, `a_sched_bn`,
   `a_sched_l2_1e-2`, `a_sched_l2_1e-1`.
+* `a_sched_rowwise`, `fm_sched_rowwise`: `a_sched` / `fm_sched` with
+  `compile_model(embedding_optimizer="rowwise_adagrad")` (the tables' rule).
 * `fm_a`: FM with today's defaults, fixed epochs. `fm_sched`: + the schedule.
   `fm_sched_l2_1e-4`, `fm_sched_l2_1e-3`, `fm_sched_l2_1e-2`: stronger
   per-example L2.
@@ -81,6 +83,9 @@ CONFIGS = {
     "fm_sched_l2_1e-4": ("fm", {"embeddings_l2": 1e-4, "linear_l2": 1e-4}, True),
     "fm_sched_l2_1e-3": ("fm", {"embeddings_l2": 1e-3, "linear_l2": 1e-3}, True),
     "fm_sched_l2_1e-2": ("fm", {"embeddings_l2": 1e-2, "linear_l2": 1e-2}, True),
+    # The tables' rule: TorchRec / FBGEMM's row-wise Adagrad instead of LazyAdam.
+    "a_sched_rowwise": ("deepfm", {"embedding_optimizer": "rowwise_adagrad"}, True),
+    "fm_sched_rowwise": ("fm", {"embedding_optimizer": "rowwise_adagrad"}, True),
 }
 
 DATASETS = ("criteo", "avazu", "criteo_tiny", "movielens")
@@ -199,12 +204,13 @@ def run_one(dataset, data, config, seed, epochs, batch_size):
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     kwargs = {**DEFAULTS, **overrides}
+    embedding_optimizer = kwargs.pop("embedding_optimizer", "lazy_adam")
     if kind == "fm":
         kwargs = {k: v for k, v in kwargs.items() if k in ("embeddings_l2", "linear_l2")}
         model = tf_fm.FM(schema, **kwargs)
     else:
         model = tf_fm.DeepFM(schema, **kwargs)
-    tf_fm.compile_model(model, learning_rate=1e-3)
+    tf_fm.compile_model(model, learning_rate=1e-3, embedding_optimizer=embedding_optimizer)
 
     test_auc_per_epoch, lr_per_epoch = [], []
 

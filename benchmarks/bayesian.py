@@ -1,0 +1,256 @@
+"""Bayesian FM (MCMC) vs myfm vs the SGD-trained FM on ml-latest-small ratings.
+
+One random 80/20 split of `../shared/data/ml-latest-small/ratings.csv` (seed 0),
+fields user, movie (categorical, a vocabulary learned on the training rows) and
+the movie's genres (multi-valued); target the rating (regression). Three models
+on the same split and the same model inputs:
+
+* `tf_fm.bayesian.BayesianFM`: `burn_in` + `samples` Gibbs sweeps, rank k;
+* `myfm.MyFMGibbsRegressor` (the same sweeps, rank and per-field groups, on the
+  same one-hot / multi-hot design), run in its own venv (`--myfm-python`; never a
+  tf_fm dependency): `python -m venv /tmp/bayes_bench_venv &&
+  /tmp/bayes_bench_venv/bin/pip install myfm`;
+* `tf_fm.train(model="fm", task="regression")`: the SGD FM with the package's
+  defaults (LazyAdam, early stopping); it holds out 10% of the training rows as
+  its validation set for early stopping.
+
+Usage:
+
+    python benchmarks/bayesian.py --rank 10 --samples 100 --burn-in 20 --out table.md
+
+The child mode (`--myfm-child DATA.npz OUT.json`) is what runs in myfm's venv: it
+imports numpy, scipy and myfm only.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+FIELDS = ("user", "movie", "genres")
+
+
+def load_split(data_dir, seed=0, test_fraction=0.2):
+    """(train, test) pandas frames with user, movie, genres, rating."""
+    import pandas as pd
+
+    ratings = pd.read_csv(data_dir / "ratings.csv")
+    movies = pd.read_csv(data_dir / "movies.csv")
+    frame = ratings.merge(movies[["movieId", "genres"]], on="movieId", how="left")
+    frame = frame.rename(columns={"userId": "user", "movieId": "movie"})
+    frame = frame[["user", "movie", "genres", "rating"]]
+    test = np.random.default_rng(seed).random(len(frame)) < test_fraction
+    return frame[~test].reset_index(drop=True), frame[test].reset_index(drop=True)
+
+
+def schema_of(train):
+    """The FeatureSchema of the three fields, adapted on the training rows."""
+    import tensorflow as tf
+
+    from tf_fm import CategoricalFeature, FeatureSchema, MultiValuedFeature
+
+    schema = FeatureSchema(
+        [
+            CategoricalFeature("user"),  # ids as text: the csv files of the SGD FM are text
+            CategoricalFeature("movie"),
+            MultiValuedFeature("genres", separator="|"),
+        ],
+        label="rating",
+    )
+    schema.adapt(tf.data.Dataset.from_tensor_slices(raw_columns(train)).batch(8192))
+    return schema
+
+
+def raw_columns(frame):
+    return {
+        "user": frame["user"].astype(str).to_numpy(str),
+        "movie": frame["movie"].astype(str).to_numpy(str),
+        "genres": frame["genres"].to_numpy(str),
+    }
+
+
+def model_inputs(schema, frame):
+    """The preprocessed model inputs (ids) of a frame, numpy."""
+    preprocessor = schema.preprocessor()
+    return {k: np.asarray(v) for k, v in preprocessor(raw_columns(frame)).items()}
+
+
+def run_bayesfm(schema, train_x, train_y, test_x, test_y, args):
+    from tf_fm.bayesian import BayesianFM
+
+    bfm = BayesianFM(
+        schema, embedding_dim=args.rank, samples=args.samples, burn_in=args.burn_in, seed=0
+    )
+    start = time.perf_counter()
+    model = bfm.fit(train_x, train_y)
+    seconds = time.perf_counter() - start
+    prediction = model.predict(test_x, batch_size=8192, verbose=0).reshape(-1)
+    rmse = float(np.sqrt(np.mean((prediction - test_y) ** 2)))
+    return {"rmse": rmse, "seconds": seconds, "sweeps": args.burn_in + args.samples}
+
+
+def design_arrays(schema, inputs):
+    """CSR parts of the one-hot (user, movie) + multi-hot (genres) design, column offsets."""
+    sizes = [schema.field(name)["vocabulary_size"] for name in FIELDS]
+    offsets = np.cumsum([0, *sizes[:-1]])
+    n = len(inputs["user"])
+    columns = [inputs["user"][:, None] + offsets[0], inputs["movie"][:, None] + offsets[1]]
+    genres = inputs["genres"]
+    columns.append(np.where(genres >= 0, genres + offsets[2], -1))
+    ids = np.concatenate(columns, axis=1)
+    mask = ids >= 0
+    return {
+        "indices": ids[mask],
+        "indptr": np.concatenate([[0], np.cumsum(mask.sum(axis=1))]),
+        "shape": np.array([n, sum(sizes)]),
+        "group_shapes": np.array(sizes),
+    }
+
+
+def run_myfm(python, schema, train_x, train_y, test_x, test_y, args, workdir):
+    data = workdir / "myfm_data.npz"
+    train, test = design_arrays(schema, train_x), design_arrays(schema, test_x)
+    np.savez(
+        data,
+        **{f"train_{k}": v for k, v in train.items()},
+        **{f"test_{k}": v for k, v in test.items()},
+        train_y=train_y,
+        test_y=test_y,
+        rank=args.rank,
+        n_iter=args.burn_in + args.samples,
+        n_kept=args.samples,
+    )
+    out = workdir / "myfm.json"
+    subprocess.run([python, __file__, "--myfm-child", str(data), str(out)], check=True)
+    return json.loads(out.read_text())
+
+
+def myfm_child(data_path, out_path):
+    """In myfm's venv: fit MyFMGibbsRegressor on the saved design, write RMSE and time."""
+    import myfm
+    import scipy.sparse as sps
+
+    data = np.load(data_path)
+
+    def matrix(prefix):
+        indices = data[f"{prefix}_indices"]
+        return sps.csr_matrix(
+            (np.ones(len(indices)), indices, data[f"{prefix}_indptr"]),
+            shape=tuple(data[f"{prefix}_shape"]),
+        )
+
+    x_train, x_test = matrix("train"), matrix("test")
+    model = myfm.MyFMGibbsRegressor(rank=int(data["rank"]), random_seed=0)
+    start = time.perf_counter()
+    model.fit(
+        x_train,
+        data["train_y"],
+        n_iter=int(data["n_iter"]),
+        n_kept_samples=int(data["n_kept"]),
+        group_shapes=[int(s) for s in data["train_group_shapes"]],
+    )
+    seconds = time.perf_counter() - start
+    prediction = model.predict(x_test)
+    rmse = float(np.sqrt(np.mean((prediction - data["test_y"]) ** 2)))
+    result = {"rmse": rmse, "seconds": seconds, "sweeps": int(data["n_iter"])}
+    pathlib.Path(out_path).write_text(json.dumps(result))
+
+
+def run_sgd_fm(schema, train, test, args, workdir):
+    """tf_fm.train(model="fm", task="regression") on CSV files of the same split."""
+    import tf_fm
+
+    holdout = np.random.default_rng(1).random(len(train)) < 0.1
+    paths = {}
+    for name, frame in (("train", train[~holdout]), ("valid", train[holdout]), ("test", test)):
+        paths[name] = workdir / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    start = time.perf_counter()
+    run = tf_fm.train(
+        str(paths["train"]),
+        format="csv",
+        valid=str(paths["valid"]),
+        output=workdir / "sgd_fm",
+        schema=schema,
+        task="regression",
+        label="rating",
+        separator="|",
+        model="fm",
+        embedding_dim=args.rank,
+        verbose=0,
+        log=lambda line: None,
+    )
+    seconds = time.perf_counter() - start
+    rmse = run.evaluate([str(paths["test"])]).scores["rmse"]
+    return {"rmse": float(rmse), "seconds": seconds, "epochs": run.metrics["epochs_run"]}
+
+
+def table(results, args, rows):
+    lines = [
+        f"ml-latest-small, {rows[0]:,} train / {rows[1]:,} test ratings (random 80/20, seed 0); "
+        f"fields user, movie, genres; rank {args.rank}; MCMC: {args.burn_in} burn-in + "
+        f"{args.samples} kept sweeps.",
+        "",
+        "| model | test RMSE | fit seconds | per sweep (ms) |",
+        "|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        per = f"{1000 * result['seconds'] / result['sweeps']:.0f}" if "sweeps" in result else "-"
+        extra = f" ({result['epochs']} epochs)" if "epochs" in result else ""
+        lines.append(f"| {name} | {result['rmse']:.4f} | {result['seconds']:.1f}{extra} | {per} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=None, help="ml-latest-small folder")
+    parser.add_argument("--rank", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--burn-in", type=int, default=20)
+    parser.add_argument("--myfm-python", default="/tmp/bayes_bench_venv/bin/python")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["myfm", "sgd"])
+    parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--myfm-child", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.myfm_child:
+        return myfm_child(*args.myfm_child)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    data_dir = pathlib.Path(args.data or repo.parent / "shared" / "data" / "ml-latest-small")
+    if not (data_dir / "ratings.csv").is_file():
+        sys.exit(f"ml-latest-small not found in {data_dir}")
+    train, test = load_split(data_dir)
+    schema = schema_of(train)
+    train_x, test_x = model_inputs(schema, train), model_inputs(schema, test)
+    train_y = train["rating"].to_numpy(np.float64)
+    test_y = test["rating"].to_numpy(np.float64)
+    results = {
+        "tf_fm BayesianFM (MCMC)": run_bayesfm(schema, train_x, train_y, test_x, test_y, args)
+    }
+    print(results, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = pathlib.Path(tmp)
+        if "myfm" not in args.skip:
+            results["myfm 0.4 MyFMGibbsRegressor"] = run_myfm(
+                args.myfm_python, schema, train_x, train_y, test_x, test_y, args, workdir
+            )
+            print(results, flush=True)
+        if "sgd" not in args.skip:
+            results["tf_fm FM (SGD, tf_fm.train defaults)"] = run_sgd_fm(
+                schema, train, test, args, workdir
+            )
+    text = table(results, args, (len(train), len(test)))
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
