@@ -243,3 +243,24 @@ def test_checked_losses_take_an_empty_batch():
     for loss in (tf_fm.losses.CheckedBinaryCrossentropy(), tf_fm.losses.CheckedMeanSquaredError()):
         assert loss.call(tf.constant(empty), tf.constant(empty)).shape == (0,)
         assert tf.function(loss.call)(tf.constant(empty), tf.constant(empty)).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("rows", "error", "match"),
+    [
+        ({"price": ["cheap"], "item": [1], "tags": [[1, 2, 0]]}, TypeError, "'price' is float32"),
+        ({"price": [1.0], "item": [0.7], "tags": [[1, 2, 0]]}, TypeError, "'item' is int64"),
+        ({"price": [1.0], "item": [None], "tags": [[1, 2, 0]]}, ValueError, "'item' is int64"),
+        ({"price": [1.0], "item": [1], "tags": [[1, 2]]}, ValueError, "'tags' needs shape"),
+        ({"price": [[1.0, 2.0]], "item": [1], "tags": [[1, 2, 0]]}, ValueError, "'price' needs"),
+        ({"item": [1], "tags": [[1, 2, 0]]}, KeyError, r"Missing feature\(s\) \['price'\]"),
+    ],
+)
+def test_client_helpers_name_the_feature_of_a_bad_value(rows, error, match):
+    # Called directly, a signature says `input #34 was expected to be a float tensor`;
+    # the request helpers check each value against its feature first.
+    from tf_fm.export import requests
+
+    specs = {"price": "float32", "item": "int64", "tags": ("int64", (3,))}
+    with pytest.raises(error, match=match):
+        requests.to_rest_json(rows, schema=specs)
