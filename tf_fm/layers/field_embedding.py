@@ -70,6 +70,10 @@ class FieldEmbedding(keras.layers.Layer):
     * `categorical` field: one id per row in `[0, vocabulary_size)`, x = 1.
     * `numeric` field: a real value x per row, one learned vector v and weight
       w per field, scaled by x (exactly how the FM formula treats a real x).
+      x is used as given: a NaN or infinite x gives a NaN prediction. Missing
+      values are the schema's to fill (`FeatureSchema.preprocess`, and every
+      export, put the feature's default in their place first); a model fed
+      model inputs directly must be given finite values.
     * `multivalued` field: `max_length` ids per row, padded with -1 (padding
       contributes exactly nothing), optional per-id weights (input
       `"<name>_weights"`), and a `combiner` that sets x_i of each id:
