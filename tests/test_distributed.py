@@ -296,3 +296,26 @@ def test_parameter_server_cluster_through_the_command(tmp_path, csv_files):
     assert valid["auc"] > 0.7
     run = training.Run(out)
     assert run.evaluate(csv_files[1]).scores["auc"] == pytest.approx(valid["auc"], abs=1e-6)
+
+
+def test_tfjob_example_runs_the_command_the_cli_takes():
+    # examples/tfjob.json (kubectl apply -f): Kubeflow sets TF_CONFIG per replica;
+    # every worker runs `tf-fm train --cluster tf_config` on shared storage.
+    import shlex
+
+    from tf_fm import cli
+
+    job = json.loads((ROOT / "examples" / "tfjob.json").read_text())
+    assert job["kind"] == "TFJob"
+    workers = job["spec"]["tfReplicaSpecs"]["Worker"]
+    assert workers["replicas"] >= 2 and set(job["spec"]["tfReplicaSpecs"]) == {"Worker"}
+    [container] = workers["template"]["spec"]["containers"]
+    command = container["args"][0].split("exec ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[0] == "tf-fm"
+    args = cli.build_parser().parse_args(argv[1:])
+    assert (
+        args.cluster == "tf_config" and cluster_lib.parse_cluster(args.cluster).kind == "tf_config"
+    )
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert args.output.startswith("/runs/") and "/runs" in mounts  # shared by every worker
