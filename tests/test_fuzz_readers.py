@@ -30,7 +30,17 @@ JUNK = st.lists(
 ).map("".join)
 
 
+from tf_fm.data.delimited import AVAZU_COLUMNS  # noqa: E402
+
+
 def _good_line(fmt, i):
+    if fmt == "criteo":  # label, I1..I13 (may be empty), C1..C26 (hashed hex, may be empty)
+        ints = [str(i % 9) if (i + j) % 4 else "" for j in range(13)]
+        cats = [f"{(i * 31 + j) % 4096:08x}" if (i + j) % 5 else "" for j in range(26)]
+        return "\t".join([str(i % 2), *ints, *cats])
+    if fmt == "avazu":  # id, click, hour, then 21 categorical columns
+        cats = [f"c{(i + j) % 6}" for j in range(len(AVAZU_COLUMNS) - 3)]
+        return ",".join([str(10_000 + i), str(i % 2), f"141021{i % 24:02d}", *cats])
     if fmt == "libsvm":
         return f"{i % 2} {i % 7}:1 {7 + i % 5}:0.5"
     if fmt == "libffm":
@@ -43,6 +53,10 @@ def _reader(fmt, path, **kwargs):
         return tf_fm.data.read_libsvm(path, **kwargs)
     if fmt == "libffm":
         return tf_fm.data.read_libffm(path, **kwargs)
+    if fmt == "criteo":
+        return tf_fm.data.read_criteo(path, **kwargs)
+    if fmt == "avazu":
+        return tf_fm.data.read_avazu(path, **kwargs)
     return tf_fm.data.read_csv(
         path, label="label", column_types={"x": "float", "c": "string"}, **kwargs
     )
@@ -52,7 +66,7 @@ def _write(tmp_path, fmt, bad):
     lines = [_good_line(fmt, i) for i in range(40)]
     for position, text in bad:
         lines[position % len(lines)] = text
-    header = ["label,x,c"] if fmt == "csv" else []
+    header = {"csv": ["label,x,c"], "avazu": [",".join(AVAZU_COLUMNS)]}.get(fmt, [])
     path = tmp_path / f"data.{fmt}"
     path.write_text("\n".join(header + lines) + "\n", encoding="utf-8")
     # An empty line is no row (the readers pass over it, as libSVM tools do).
@@ -64,7 +78,7 @@ def _values(features):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["libsvm", "libffm", "csv"])
+@pytest.mark.parametrize("fmt", ["libsvm", "libffm", "csv", "criteo", "avazu"])
 @settings(
     max_examples=6,
     deadline=None,
@@ -78,11 +92,12 @@ def test_every_line_is_read_skipped_or_named(tmp_path, fmt, bad):
     try:
         for features, labels in _reader(fmt, path, batch_size=16, on_error="skip", report=report):
             rows += int(labels.shape[0])
-            if fmt != "csv":  # a libSVM value is never NaN (a CSV numeric may be missing)
+            if fmt in ("libsvm", "libffm"):  # never NaN (a CSV / Criteo number may be missing)
                 assert all(np.isfinite(v).all() for v in _values(features))
     except Exception as error:  # a skip-mode read must not fail on a bad line
         pytest.fail(f"skip mode raised {type(error).__name__}: {readable_message(error)}")
     assert rows + report.skipped == n_lines
+    assert rows >= n_lines - len(bad)  # the good lines are read, not skipped
     try:
         for _ in _reader(fmt, path, batch_size=16, on_error="raise"):
             pass

@@ -656,3 +656,16 @@ def test_sample_movielens_crlf_header(shared_data):
     titles = strings(movies["title"])
     assert "American President, The (1995)" in titles
     assert strings(movies["genres"][:1]) == ["Adventure|Animation|Children|Comedy|Fantasy"]
+
+
+@pytest.mark.parametrize("module", ["delimited", "libsvm", "tfrecord"])
+def test_a_reader_module_imports_first_in_a_fresh_process(module):
+    # `from tf_fm.data import text` inside the module once sent `tf_fm.data` into
+    # `readers`, which imports the module back: a circular ImportError.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", f"import tf_fm.data.{module}"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

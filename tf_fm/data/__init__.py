@@ -14,7 +14,19 @@ _EXPORTS = {
     "infer_format_schema": "tf_fm.data.formats",
     "read_files": "tf_fm.data.formats",
 }
-_SUBMODULES = ("catalog", "formats", "readers", "synthetic")
+# Every module of the package: `from tf_fm.data import text` inside one of them
+# must import the module, not look the name up in `readers` (a circular import).
+_SUBMODULES = (
+    "catalog",
+    "dataframe",
+    "delimited",
+    "formats",
+    "libsvm",
+    "readers",
+    "synthetic",
+    "text",
+    "tfrecord",
+)
 
 
 def _readers():
