@@ -1,4 +1,4 @@
-"""Fuzz: random malformed lines in otherwise valid files of every text format.
+"""Fuzz: random malformed lines in otherwise valid files of every text format, damaged shards.
 
 Each read either succeeds with every line accounted for (rows read + lines
 skipped = non-empty lines written, `on_error="skip"`), or stops with an error whose
@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -108,3 +109,40 @@ def test_every_line_is_read_skipped_or_named(tmp_path, fmt, bad):
     else:
         assert report.skipped == 0
     assert math.isfinite(rows)
+
+
+def _shard(tmp_path, n=120):
+    rows = {"a": np.arange(n, dtype=np.int64), "x": np.linspace(0, 1, n).astype("float32")}
+    dataset = tf.data.Dataset.from_tensor_slices((rows, np.zeros(n, np.float32))).batch(32)
+    (path,) = tf_fm.data.write_tfrecords(dataset, str(tmp_path / "shard"))
+    return path, open(path, "rb").read()
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(1, 255)), max_size=3),
+    cut=st.one_of(st.none(), st.floats(0, 1, exclude_max=True)),
+)
+def test_a_damaged_tfrecord_shard_reads_whole_or_is_named(tmp_path, flips, cut):
+    """Flipped bytes or a cut anywhere in a shard: every row back, or the shard's name."""
+    path, data = _shard(tmp_path)
+    damaged = bytearray(data)
+    for where, mask in flips:
+        damaged[int(where * len(damaged))] ^= mask
+    if cut is not None:
+        damaged = damaged[: int(cut * len(damaged))]
+    open(path, "wb").write(bytes(damaged))
+    spec = tf_fm.data.DataSpec("tfrecord")
+    try:
+        with tf_fm.data.formats.naming_files(spec, [path]):
+            rows = sum(int(y.shape[0]) for _, y in tf_fm.data.read_files(spec, [path]))
+    except ValueError as error:
+        message = readable_message(error)
+        assert re.match(rf"{re.escape(path)}: (truncated|corrupted) record at byte \d+", message)
+    else:
+        assert bytes(damaged) == data and rows == 120, "a damaged shard read without an error"

@@ -38,6 +38,8 @@ def _train(data, out, *extra, valid=None):
         ("1 -4:1", "is not idx:val"),
         ("abc 3:1", "label"),
         ("1 3", "is not idx:val"),
+        ("3 3:1", "label `3` is not 0 or 1"),
+        ("1 " + "9" * 20 + ":1", "indices of up to 15 digits"),
     ],
 )
 def test_libsvm_malformed_line_is_one_line_with_file_and_line(tmp_path, capsys, line, reason):
@@ -47,6 +49,19 @@ def test_libsvm_malformed_line_is_one_line_with_file_and_line(tmp_path, capsys, 
     assert err.count("\n") == 0, err
     assert "train.txt:7: " in err and reason in err, err
     assert "Graph execution error" not in err and "function_node" not in err
+
+
+@pytest.mark.parametrize("line", ["1 3:1", "1 -1:3:1", "1 0:3:x"])
+def test_libffm_malformed_line_is_one_line_with_file_and_line(tmp_path, capsys, line):
+    lines = [f"{i % 2} 0:{i % 7}:1 1:{7 + i % 5}:0.5" for i in range(60)]
+    lines[6] = line
+    (tmp_path / "train.ffm").write_text("\n".join(lines) + "\n")
+    args = ["train", "--data", str(tmp_path / "train.ffm"), "--format", "libffm"]
+    assert (
+        cli.main([*args, "--model", "ffm", "--epochs", "1", "--output", str(tmp_path / "r")]) == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.ffm:7: " in err and "is not field:idx:val" in err, err
 
 
 def test_malformed_validation_line_stops_before_training(tmp_path, capsys):
@@ -264,3 +279,17 @@ def test_client_helpers_name_the_feature_of_a_bad_value(rows, error, match):
     specs = {"price": "float32", "item": "int64", "tags": ("int64", (3,))}
     with pytest.raises(error, match=match):
         requests.to_rest_json(rows, schema=specs)
+
+
+def test_a_damaged_tfrecord_record_names_the_shard_at_train(tmp_path, capsys):
+    n = 400
+    rows = {"a": np.arange(n, dtype=np.int64) % 13, "b": np.arange(n, dtype=np.int64) % 7}
+    dataset = tf.data.Dataset.from_tensor_slices((rows, (np.arange(n) % 2).astype("float32")))
+    (path,) = tf_fm.data.write_tfrecords(dataset.batch(64), str(tmp_path / "train"))
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 0x40  # the last record's data checksum no longer matches its data
+    open(path, "wb").write(bytes(data))
+    args = ["train", "--data", path, "--format", "tfrecord", "--model", "fm", "--epochs", "1"]
+    assert cli.main([*args, "--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{path}: corrupted record at byte " in err, err

@@ -474,13 +474,15 @@ class Run:
     def evaluate(self, files, batch_size: int = 4096) -> Evaluation:
         """Exact metrics (`tf_fm.metrics.score`) of the run's model on labelled `files`."""
         dataset = self.read(files, batch_size=batch_size)
-        predictions, labels = predict_dataset(self.raw_model(), dataset)
+        with formats.naming_files(self.spec, formats.resolve_files(files)):
+            predictions, labels = predict_dataset(self.raw_model(), dataset)
         return Evaluation(metrics_lib.score(self.task, labels, predictions), labels, predictions)
 
     def predict(self, files, batch_size: int = 4096) -> np.ndarray:
         """Predictions, one per row of `files` in order (a label column is not needed)."""
         dataset = self.read(files, batch_size=batch_size, need_label=False)
-        return predict_dataset(self.raw_model(), dataset, with_labels=False)[0]
+        with formats.naming_files(self.spec, formats.resolve_files(files)):
+            return predict_dataset(self.raw_model(), dataset, with_labels=False)[0]
 
     def export(
         self,
@@ -838,7 +840,7 @@ def train(
     if warm is not None:
         request["warm_start"] = str(warm.path.resolve())
     work = out if chief else pathlib.Path(tempfile.mkdtemp(prefix="tf_fm_worker_"))
-    with RunLock(work):
+    with RunLock(work), formats.naming_files(spec, [*files, *valid_files]):
         if _finished(out, request, overwrite):
             log(f"{out} already holds this run, trained with the same data and settings.")
             return Run(out) if chief else None

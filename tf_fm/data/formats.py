@@ -14,6 +14,7 @@ proposes the format's `FeatureSchema`:
 | `tfrecord` | `infer_feature` per column of a sample |
 """
 
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -36,7 +37,7 @@ from tf_fm.data.delimited import (
     read_csv,
 )
 from tf_fm.data.libsvm import libsvm_feature, read_libffm, read_libsvm
-from tf_fm.data.tfrecord import check_shards, read_tfrecords
+from tf_fm.data.tfrecord import check_shards, naming_damaged_shards, read_tfrecords
 from tf_fm.errors import UsageError
 from tf_fm.features import CategoricalFeature, NumericFeature
 
@@ -179,6 +180,18 @@ def read_files(
         return read_libffm(files, max_length=spec.max_length, with_fields=False, **lines)
     check_shards(files)  # a cut-short shard: its name, not TensorFlow's bare offset
     return read_tfrecords(files, **common)
+
+
+def naming_files(spec: DataSpec, files: Sequence[str]):
+    """Context in which a read of `files` fails naming the file, not only an offset.
+
+    The text readers name `path:line` themselves; for `tfrecord` a damaged
+    record's `DataLossError` is turned into `<shard>: corrupted record at
+    byte N` (`tfrecord.naming_damaged_shards`).
+    """
+    if spec.format == "tfrecord":
+        return naming_damaged_shards(files)
+    return contextlib.nullcontext()
 
 
 # === Schema per format ===

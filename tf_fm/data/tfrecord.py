@@ -1,5 +1,6 @@
 """TFRecord shards of `tf.train.Example`: write any reader's dataset, read it back."""
 
+import contextlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_fm.data import text
+from tf_fm.errors import readable_message
 
 SPEC_FORMAT = "tf_fm.tfrecord/1"
 _SHARD = re.compile(r"^(.*)-\d{5}-of-\d{5}\.tfrecord(\.gz|\.zz)?$")
@@ -289,6 +291,42 @@ def read_tfrecords(
     return dataset
 
 
+def _expected_records(path):
+    """Records the spec beside a shard says it holds (row r went to shard r % N), or None."""
+    match = _SHARD.match(os.path.basename(path))
+    spec_file = spec_path(os.path.join(os.path.dirname(path), match.group(1))) if match else None
+    if spec_file is None or not os.path.isfile(spec_file):
+        return None
+    try:
+        with open(spec_file) as handle:
+            spec = json.load(handle)
+        shard, num_shards, rows = (
+            spec["shards"].index(os.path.basename(path)),
+            len(spec["shards"]),
+            spec["rows"],
+        )
+    except (ValueError, KeyError, TypeError):  # an older or foreign spec: no count to check
+        return None
+    return len(range(shard, rows, num_shards))
+
+
+def _walk(path):
+    """Number of records of an uncompressed shard; ValueError naming it where it is cut short."""
+    size, offset, records = os.path.getsize(path), 0, 0
+    with open(path, "rb") as handle:
+        while offset < size:
+            header = handle.read(12)
+            length = int.from_bytes(header[:8], "little") if len(header) == 12 else 0
+            end = offset + 12 + length
+            if len(header) < 12 or end + 4 > size:
+                raise ValueError(
+                    f"{path}: truncated record at byte {offset} (the shard is cut short)"
+                )
+            handle.seek(end + 4)
+            offset, records = end + 4, records + 1
+    return records
+
+
 def check_shards(files) -> None:
     """Walks the record framing of uncompressed TFRecord shards: a cut-short shard is named.
 
@@ -296,25 +334,58 @@ def check_shards(files) -> None:
     walk reads the 12 header bytes of each record and seeks past the rest,
     so it costs a seek per record, not a read of the data. TensorFlow's own
     reader reports a truncated shard as `truncated record at N` without the
-    file; this says which file. GZIP shards (`.gz`) are not walked.
+    file; this says which file. A shard cut at a record boundary is found by
+    its count: the spec written beside it records the rows of the shards.
+    GZIP shards (`.gz`) are not walked.
 
     Raises:
-        ValueError: `<path>: truncated record at byte N (the shard is cut short)`.
+        ValueError: `<path>: truncated record at byte N (the shard is cut short)`,
+            or `<path>: N records where its spec says M (...)`.
     """
     for path in files:
         path = os.fspath(path)
         if path.endswith(".gz"):
             continue
-        size, offset = os.path.getsize(path), 0
-        with open(path, "rb") as handle:
-            while offset < size:
-                header = handle.read(12)
-                end = (
-                    offset + 12 + (int.from_bytes(header[:8], "little") if len(header) == 12 else 0)
-                )
-                if len(header) < 12 or end + 4 > size:
-                    raise ValueError(
-                        f"{path}: truncated record at byte {offset} (the shard is cut short)"
-                    )
-                handle.seek(end + 4)
-                offset = end + 4
+        records, expected = _walk(path), _expected_records(path)
+        if expected is not None and records != expected:
+            raise ValueError(
+                f"{path}: truncated record at byte {os.path.getsize(path)}: {records} records "
+                f"where its spec says {expected} (the shard is cut short)"
+            )
+
+
+def damaged_shard(files) -> str | None:
+    """`path: what is damaged` of the first shard whose records do not all read, or None.
+
+    Reads every record of each shard once (TensorFlow checks each record's
+    length and data checksums); the cost of a pass over the data, paid only
+    when a read has already failed (`naming_damaged_shards`).
+    """
+    for path in files:
+        path = os.fspath(path)
+        compression = "GZIP" if path.endswith(".gz") else ""
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression).batch(1 << 16):
+                pass
+        except tf.errors.DataLossError as error:
+            reason = readable_message(error).replace("record at ", "record at byte ")
+            return f"{path}: {reason} (a checksum does not match: the shard is damaged)"
+    return None
+
+
+@contextlib.contextmanager
+def naming_damaged_shards(files):
+    """Turns TensorFlow's `corrupted record at N` (no file named) into the shard's name.
+
+    Around a training or a prediction that reads `files`: a
+    `tf.errors.DataLossError` raised inside becomes a `ValueError`
+    `<path>: corrupted record at byte N (...)` when one of the shards is
+    damaged; any other error goes through unchanged.
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as error:
+        found = damaged_shard(files)
+        if found is None:
+            raise
+        raise ValueError(found) from error
