@@ -4,6 +4,7 @@ import os
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -166,6 +167,18 @@ def _first_error(dataset):
         for _ in dataset:
             pass
     return readable_message(info.value)
+
+
+def test_an_error_raised_while_tracing_reads_as_its_own_message():
+    frame = pd.DataFrame({"label": [1.0, 0.0], "c": [3.0, 0.7]})
+    dataset = tf_fm.data.read_dataframe(frame, label="label")
+    feature = tf_fm.CategoricalFeature("c", encoding="integer", num_ids=5)
+    schema = tf_fm.FeatureSchema([feature], label="label")
+    with pytest.raises(TypeError) as caught:
+        schema.adapt(dataset)
+    assert str(caught.value).startswith("in user code:")  # autograph's wrapping
+    message = readable_message(caught.value)
+    assert message == "Feature 'c' is declared dtype='int64' but its input has dtype float32."
 
 
 def test_libsvm_nan_and_inf_values_are_malformed_lines(tmp_path):

@@ -19,6 +19,7 @@ class UsageError(ValueError):
 _ASSERTION = re.compile(r"assertion failed: \[(.*?)\](?:\s*\[\[|\s*$)", re.S)
 _WRAPPER = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 _OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\](?:\s*name:.*)?$")
+_RAISED = re.compile(r"^\s*\w+(?:Error|Exception): (.+)$", re.M)
 
 
 def readable_message(error: BaseException) -> str:
@@ -29,7 +30,9 @@ def readable_message(error: BaseException) -> str:
     range) reaches Python wrapped in `Graph execution error:`, node names,
     a traceback and `{{function_node ...}}` prefixes; this returns the
     assertion's own message. Another TensorFlow error: its last meaningful
-    line (the op's message); any other error: its first line.
+    line (the op's message); an error raised inside a traced function
+    (`in user code:` and a trace): the message it was raised with; any
+    other error: its first line.
 
     Args:
         error: the exception.
@@ -42,6 +45,10 @@ def readable_message(error: BaseException) -> str:
     if match:
         return " ".join(match.group(1).split())
     if not hasattr(error, "message"):  # not a tf.errors.OpError
+        if text.lstrip().startswith("in user code:"):  # autograph's trace: the raised line
+            raised = _RAISED.findall(text)
+            if raised:
+                return raised[-1].strip()
         first = text.strip().splitlines()
         return first[0] if first else type(error).__name__
     lines = []
