@@ -316,3 +316,54 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
 def test_priors_are_validated():
     with pytest.raises(ValueError, match="`beta_0` must be > 0"):
         Priors(beta_0=0.0)
+
+
+def _rating_csv(path, n, seed):
+    """Ratings from users and items with a known low-rank structure, as a CSV."""
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, 40, n), rng.integers(0, 60, n)
+    u, v = np.random.default_rng(0).normal(size=(2, 60, 3))
+    rating = 3 + (u[users] * v[items]).sum(1) + rng.normal(0, 0.3, n)
+    lines = ["label,user,item"] + [
+        f"{r:.3f},u{a},i{b}" for r, a, b in zip(rating, users, items, strict=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_train_bayesfm_is_the_chain_on_the_runs_schema(tmp_path):
+    """`tf_fm.train(model="bayesfm")` = `BayesianFM` on the run's schema, same seed, same rows."""
+    import tf_fm
+    from tf_fm.data import formats
+
+    train = _rating_csv(tmp_path / "train.csv", 3000, seed=1)
+    valid = _rating_csv(tmp_path / "valid.csv", 200, seed=2)
+    options = dict(format="csv", task="regression", model="bayesfm", samples=30, burn_in=10)
+    run = tf_fm.train(train, valid=valid, output=tmp_path / "run", embedding_dim=3, **options)
+    assert run.metrics["epochs_run"] == 40 and "best_epoch" not in run.metrics
+    assert len(run.history["val_rmse"]) == 40
+    assert run.metrics["valid"]["rmse"] == pytest.approx(run.evaluate(valid).scores["rmse"])
+
+    raw = formats.read_files(run.spec, [train], batch_size=1024)
+    chain = BayesianFM(run.schema, embedding_dim=3, samples=30, burn_in=10, seed=0)
+    model = chain.fit(run.schema.preprocess(raw))
+    valid_inputs = run.schema.preprocess(formats.read_files(run.spec, [valid]))
+    expected = model.predict(valid_inputs, verbose=0)
+    np.testing.assert_allclose(run.predict(valid), expected.reshape(-1), rtol=1e-5, atol=1e-5)
+    assert run.evaluate(valid).scores["rmse"] < 0.6  # the structure was learnt (noise sd 0.3)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "model bayesfm: task='regression' only"),
+        (["--task", "regression", "--samples", "0"], "samples must be >= 1"),
+    ],
+)
+def test_cli_bayesfm_refuses_what_it_cannot_do(tmp_path, capsys, args, message):
+    from tf_fm import cli
+
+    data = _rating_csv(tmp_path / "t.csv", 50, seed=0)
+    base = ["train", "--data", data, "--format", "csv", "--model", "bayesfm"]
+    assert cli.main([*base, *args, "--output", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err

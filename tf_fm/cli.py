@@ -104,6 +104,8 @@ def _model_options(args):
         "embedding_dim": args.embedding_dim,
         "dnn_units": _parse_units(args.dnn_units) if args.dnn_units else None,
         "order": args.order,
+        "samples": args.samples,
+        "burn_in": args.burn_in,
         "dropout": args.dropout,
         "batch_norm": args.batch_norm,
         "l2": args.l2,
@@ -449,14 +451,22 @@ def build_parser():
     model = train.add_argument_group("model")
     model.add_argument(
         "--model",
-        choices=["fm", "deepfm", "hofm", "fwfm", "ffm", "nfm"],  # training.MODELS (a test)
+        choices=["fm", "deepfm", "hofm", "fwfm", "ffm", "nfm", "bayesfm"],  # training.MODELS
         default=None,
         help="fm: Factorization Machine; deepfm: FM + DNN on the same embeddings; hofm: "
         "higher-order FM (--order); fwfm: field-weighted FM; ffm: field-aware FM (a vector "
-        "per feature and field: F times an FM's table); nfm: neural FM (default: deepfm)",
+        "per feature and field: F times an FM's table); nfm: neural FM; bayesfm: an FM sampled "
+        "by MCMC as libFM's -method mcmc (--task regression; --samples, --burn-in) "
+        "(default: deepfm)",
     )
     model.add_argument(
         "--order", type=int, default=None, help="hofm: highest interaction order (default: 3)"
+    )
+    model.add_argument(
+        "--samples", type=int, default=None, help="bayesfm: sweeps kept and averaged (default: 100)"
+    )
+    model.add_argument(
+        "--burn-in", type=int, default=None, help="bayesfm: sweeps discarded first (default: 20)"
     )
     model.add_argument(
         "--embedding-dim",

@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
+from tf_fm import bayesian as bayesian_lib
 from tf_fm import calibration as calibration_lib
 from tf_fm import export as export_lib
 from tf_fm import metrics as metrics_lib
@@ -68,7 +69,7 @@ BACKUP_DIR = "backup"
 # mirrored loop's arrays and the parameter-server loop's `tf.train.Checkpoint` state.
 DISTRIBUTED_CHECKPOINTS = ("checkpoint.npz", "checkpoint")
 LOCK_FILE = ".lock"
-MODELS = ("fm", "deepfm", "hofm", "fwfm", "ffm", "nfm")
+MODELS = ("fm", "deepfm", "hofm", "fwfm", "ffm", "nfm", "bayesfm")
 # Most epochs of a run with validation files: the BARS protocol's cap; early
 # stopping (`default_callbacks`) ends the run long before on real data.
 EPOCHS_WITH_VALIDATION = 100
@@ -162,8 +163,9 @@ class ModelOptions:
     """The model of a run (`tf_fm.models` builders) and its main arguments.
 
     Args:
-        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"`, `"ffm"` or `"nfm"`. Defaults
-            to `"deepfm"`.
+        model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"`, `"ffm"`, `"nfm"` or
+            `"bayesfm"` (`tf_fm.bayesian.BayesianFM`: an FM sampled by MCMC,
+            task regression, one process). Defaults to `"deepfm"`.
         embedding_dim: int. Factor size k. Defaults to 10.
         dnn_units: sequence of int or None. Hidden layers of DeepFM / NFM;
             None takes the builder's default (DeepFM 400-400-400, NFM 64).
@@ -178,6 +180,9 @@ class ModelOptions:
         optimizer: str. The embedding tables' rule (`compile_model`'s
             `embedding_optimizer`): `"lazy_adam"` or `"rowwise_adagrad"`.
             Defaults to `"lazy_adam"`.
+        samples, burn_in: int. `bayesfm`: the sweeps kept (averaged) and the
+            sweeps discarded first. Default to 100 and 20 (libFM's
+            `-iter 120` with the first 20 left out).
     """
 
     model: str = "deepfm"
@@ -189,6 +194,8 @@ class ModelOptions:
     learning_rate: float = 1e-3
     order: int = 3
     optimizer: str = "lazy_adam"
+    samples: int = bayesian_lib.DEFAULT_SAMPLES
+    burn_in: int = bayesian_lib.DEFAULT_BURN_IN
 
     def __post_init__(self):
         if self.model not in MODELS:
@@ -200,6 +207,10 @@ class ModelOptions:
             )
         if self.dnn_units is not None:
             self.dnn_units = [int(u) for u in self.dnn_units]
+        if self.samples < 1 or self.burn_in < 0:
+            raise UsageError(
+                f"samples must be >= 1 and burn_in >= 0. Received: {self.samples}, {self.burn_in}"
+            )
 
     def _dnn_args(self):
         given = {
@@ -210,7 +221,9 @@ class ModelOptions:
         return {k: v for k, v in given.items() if v is not None}
 
     def build(self, schema: FeatureSchema, task: str) -> keras.Model:
-        """The compiled model on `schema`'s fields."""
+        """The compiled model on `schema`'s fields (not `bayesfm`: it is sampled, not fit)."""
+        if self.model == "bayesfm":
+            raise UsageError("bayesfm is sampled (tf_fm.bayesian.BayesianFM), not compiled")
         common = {
             "embedding_dim": self.embedding_dim,
             "task": task,
@@ -739,13 +752,14 @@ def _fit_distributed(
 
 
 def _results(model, valid_data, history, task, report, seconds):
-    result = {"epochs_run": len(history.get("loss", [])), "seconds": seconds}
+    # Entries per key: epochs of `fit`, sweeps of `bayesfm` (whose "best" is its average).
+    result = {"epochs_run": len(next(iter(history.values()), [])), "seconds": seconds}
     labels = predictions = None
     if valid_data is not None:
         predictions, labels = predict_dataset(model, valid_data)
         result["valid"] = metrics_lib.score(task, labels, predictions)
         key = "val_auc" if task == "binary" else "val_rmse"
-        if history.get(key):
+        if history.get(key) and "loss" in history:
             best = (np.argmax if task == "binary" else np.argmin)(history[key])
             result["best_epoch"] = int(best) + 1
     if report is not None:
@@ -826,6 +840,7 @@ def train(
     warm = _warm_start_run(warm_start, schema, cluster, task)
     model_options, settings = _options(model, settings, options, warm)
     _check_calibration(settings, task, valid)
+    _check_bayesian(model_options, task, cluster, warm)
     strategy, chief = _distribution(cluster)
     if settings.epochs is None:
         settings = dataclasses.replace(settings, epochs=EPOCHS_WITH_VALIDATION if valid else 10)
@@ -967,34 +982,16 @@ def _train_and_report(
         )
         return schema.preprocess(raw)
 
-    train_data = pipeline(files, shuffle=True)
     valid_data = pipeline(valid_files, shuffle=False) if valid_files else None
     task = spec.task
-    log(f"Training {model_options.model} for at most {settings.epochs} epochs ...")
     start = time.monotonic()
-    if distribution is None:
-        keras_model = model_options.build(schema, task)
-        if warm_model is not None:
-            warm_start_lib.transfer(warm_model(), keras_model)
-        history = _fit(
-            keras_model, train_data, valid_data, out, resuming, settings, task, log, verbose
-        )
-    else:
-        keras_model, history = _fit_distributed(
-            model_options,
-            schema,
-            pipeline,
-            files,
-            valid_files,
-            out,
-            resuming,
-            settings,
-            task,
-            log,
-            distribution,
-        )
-        if not distribution[0].extended.should_checkpoint:
-            return  # a worker that is not the chief: the chief writes the run
+    trained = _trained_model(
+        model_options, schema, pipeline, files, valid_files, valid_data, out, resuming,
+        settings, task, log, verbose, distribution, warm_model,
+    )  # fmt: skip
+    if trained is None:
+        return  # a worker that is not the chief: the chief writes the run
+    keras_model, history = trained
     seconds = time.monotonic() - start
     calibration = _calibrate(keras_model, valid_data, settings, log)
     save_model(keras_model, out / MODEL_FILE)
@@ -1010,6 +1007,65 @@ def _train_and_report(
             plots, history=history, labels=labels, predictions=predictions, task=task
         )
         log(f"Plots: {', '.join(str(p) for p in paths.values())}")
+
+
+def _trained_model(
+    model_options, schema, pipeline, files, valid_files, valid_data, out, resuming,
+    settings, task, log, verbose, distribution, warm_model,
+):  # fmt: skip
+    """`(model, history)`: sampled (`bayesfm`), fit, or fit under `distribution`; None off chief."""
+    if model_options.model == "bayesfm":
+        log(
+            f"Sampling bayesfm: {model_options.burn_in} burn-in and {model_options.samples} "
+            "kept sweeps (a chain from scratch on every run) ..."
+        )
+        train_data = pipeline(files, shuffle=False)  # read once, in order
+        return _sample_bayesian(model_options, schema, train_data, valid_data, settings, out, log)
+    log(f"Training {model_options.model} for at most {settings.epochs} epochs ...")
+    if distribution is None:
+        keras_model = model_options.build(schema, task)
+        if warm_model is not None:
+            warm_start_lib.transfer(warm_model(), keras_model)
+        train_data = pipeline(files, shuffle=True)
+        history = _fit(
+            keras_model, train_data, valid_data, out, resuming, settings, task, log, verbose
+        )
+        return keras_model, history
+    keras_model, history = _fit_distributed(
+        model_options, schema, pipeline, files, valid_files, out, resuming, settings, task, log,
+        distribution,
+    )  # fmt: skip
+    if not distribution[0].extended.should_checkpoint:
+        return None
+    return keras_model, history
+
+
+def _check_bayesian(model_options, task, cluster, warm):
+    """`bayesfm` samples a regression FM in one process, from scratch."""
+    if model_options.model != "bayesfm":
+        return
+    for wrong, why in (
+        (task != "regression", "task='regression' only (the binary, probit sampler is not there)"),
+        (cluster is not None, "one process (no cluster)"),
+        (warm is not None, "a chain from scratch (no warm_start)"),
+    ):
+        if wrong:
+            raise UsageError(f"model bayesfm: {why}")
+
+
+def _sample_bayesian(model_options, schema, train_data, valid_data, settings, out, log):
+    """Runs `BayesianFM`'s chain; its posterior-mean FM and per-sweep history (history.json)."""
+    sampler = bayesian_lib.BayesianFM(
+        schema,
+        embedding_dim=model_options.embedding_dim,
+        samples=model_options.samples,
+        burn_in=model_options.burn_in,
+        seed=settings.seed,
+    )
+    model = sampler.fit(train_data, validation_data=valid_data, log=log)
+    history = {k: [float(v) for v in values] for k, values in sampler.history.items()}
+    write_json(out / HISTORY_FILE, history)
+    return model, history
 
 
 def _check_calibration(settings, task, valid):
@@ -1098,8 +1154,9 @@ def _check_architecture(model_options, base, path):
 
 
 def _log_results(result, out, report, log):
+    unit = "sweeps" if result.get("model") == "bayesfm" else "epochs"
     log(
-        f"Trained in {result['seconds']:.1f} s ({result['epochs_run']} epochs); model: "
+        f"Trained in {result['seconds']:.1f} s ({result['epochs_run']} {unit}); model: "
         f"{out / MODEL_FILE}"
     )
     if "valid" in result:
