@@ -137,13 +137,16 @@ def test_nfm_bi_interaction_is_over_all_pairs_of_features():
         np.testing.assert_allclose(got[i], want, rtol=1e-4, atol=1e-5)
 
 
-def test_nfm_defaults_follow_the_authors_code():
-    model = tf_fm.NFM(FIELDS)
-    assert model.get_layer("bi_dropout").rate == 0.5
-    assert model.get_layer("dnn_dropout_0").rate == 0.2
+def test_nfm_defaults_are_the_peers_and_the_authors_code_is_one_call_away():
+    model = tf_fm.NFM(FIELDS)  # DeepCTR / FuxiCTR: no dropout, no batch normalization
+    names = [layer.name for layer in model.layers]
+    assert not [n for n in names if "dropout" in n or "batch_norm" in n], names
     assert model.get_layer("dnn_dense_0").units == 64
-    assert isinstance(model.get_layer("bi_batch_norm"), keras.layers.BatchNormalization)
     assert not model.get_layer("dnn_logit").use_bias  # w0 is the model's bias
+    authors = tf_fm.NFM(FIELDS, dnn_dropout=0.2, bi_dropout=0.5, dnn_batch_norm=True)
+    assert authors.get_layer("bi_dropout").rate == 0.5
+    assert authors.get_layer("dnn_dropout_0").rate == 0.2
+    assert isinstance(authors.get_layer("bi_batch_norm"), keras.layers.BatchNormalization)
     for kwargs, match in [
         ({"bi_dropout": 1.0}, "bi_dropout"),
         ({"dnn_dropout": -0.1}, "dnn_dropout"),

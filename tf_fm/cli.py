@@ -482,13 +482,13 @@ def build_parser():
     model.add_argument(
         "--dropout",
         type=float,
-        help="DeepFM / NFM dropout rate after each hidden layer (default: DeepFM 0.5, NFM 0.2)",
+        help="DeepFM / NFM dropout rate after each hidden layer (default: DeepFM 0.5, NFM 0)",
     )
     model.add_argument(
         "--batch-norm",
         action="store_true",
         default=None,
-        help="batch normalization in the DNN (default: DeepFM off, NFM on)",
+        help="batch normalization in the DNN (default: off)",
     )
     model.add_argument(
         "--l2",

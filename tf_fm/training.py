@@ -170,9 +170,9 @@ class ModelOptions:
         dnn_units: sequence of int or None. Hidden layers of DeepFM / NFM;
             None takes the builder's default (DeepFM 400-400-400, NFM 64).
         dropout: float or None. DNN dropout of DeepFM / NFM; None takes the
-            builder's default (DeepFM 0.5, NFM 0.2).
+            builder's default (DeepFM 0.5, NFM 0).
         batch_norm: bool or None. DNN batch normalization; None takes the
-            builder's default (DeepFM off, NFM on).
+            builder's default (off for both).
         l2: float. L2 on the embedding and first-order rows each example
             uses. Defaults to 1e-5.
         learning_rate: float. Initial LazyAdam learning rate. Defaults to 1e-3.
