@@ -259,6 +259,7 @@ def test_default_callbacks_stop_early_and_decay_the_learning_rate(tmp_path):
     model = tf_fm.compile_model(tf_fm.FM(fields), learning_rate=0.05)
     callbacks = tf_fm.default_callbacks(patience=2, backup_dir=tmp_path / "backup")
     assert [type(c).__name__ for c in callbacks] == [
+        "WeightedSum",
         "ReduceLROnPlateau",
         "BestEpochStopping",
         "AtomicBackupAndRestore",
@@ -268,7 +269,10 @@ def test_default_callbacks_stop_early_and_decay_the_learning_rate(tmp_path):
     )
     epochs = len(history.history["loss"])
     assert epochs < 30  # stopped early
-    best = int(np.argmax(history.history["val_auc"]))
+    logs = history.history  # the monitor: BARS' validation AUC minus log loss
+    monitor = np.asarray(logs["val_auc"]) - np.asarray(logs["val_logloss"])
+    np.testing.assert_allclose(logs["val_auc_minus_logloss"], monitor, rtol=1e-6)
+    best = int(np.argmax(monitor))
     assert epochs == best + 1 + 2  # patience 2 after the best epoch
     rates = history.history["learning_rate"]
     assert rates[0] == pytest.approx(0.05)
@@ -282,7 +286,8 @@ def test_default_callbacks_stop_early_and_decay_the_learning_rate(tmp_path):
 def test_default_callbacks_regression_and_arguments():
     monitors = [c.monitor for c in tf_fm.default_callbacks("regression")]
     assert monitors == ["val_rmse", "val_rmse"]
-    assert [c.monitor for c in tf_fm.default_callbacks()] == ["val_auc", "val_auc"]
+    binary = [getattr(c, "monitor", None) for c in tf_fm.default_callbacks()]
+    assert binary == [None, "val_auc_minus_logloss", "val_auc_minus_logloss"]
     with pytest.raises(ValueError, match="patience"):
         tf_fm.default_callbacks(patience=0)
     with pytest.raises(ValueError, match="task"):
@@ -346,3 +351,31 @@ def test_best_epoch_stopping_restores_the_best_weights_at_the_epochs_cap():
     assert len(history.history["loss"]) == 3
     for got, want in zip(model.get_weights(), weights[1], strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+class _ScriptedLogs(keras.callbacks.Callback):
+    """Sets scripted validation logs (several keys), epoch by epoch."""
+
+    def __init__(self, logs):
+        super().__init__()
+        self.logs = logs
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs.update({key: values[epoch] for key, values in self.logs.items()})
+
+
+def test_binary_loop_goes_on_while_log_loss_falls_at_a_flat_auc():
+    """The Avazu-sample FM runs: AUC flat while the model still learns the base rate."""
+    scripted = {
+        "val_auc": [0.5458, 0.5442, 0.5414, 0.5473, 0.5538, 0.5673],
+        "val_logloss": [0.6367, 0.5901, 0.5857, 0.5684, 0.5298, 0.4992],
+    }
+    rng = np.random.default_rng(0)
+    fields = [CategoricalFeature("a", encoding="integer", num_ids=5)]
+    model = tf_fm.compile_model(tf_fm.FM(fields), learning_rate=0.05)
+    x = {"a": rng.integers(0, 5, 64)}
+    y = (x["a"] < 2).astype("float32")
+    callbacks = [_ScriptedLogs(scripted), *tf_fm.default_callbacks()]
+    history = model.fit(x, y, epochs=6, batch_size=16, verbose=0, callbacks=callbacks)
+    assert len(history.history["loss"]) == 6  # AUC alone stopped after epoch 3
+    assert history.history["learning_rate"][-1] == pytest.approx(0.05)  # never a plateau

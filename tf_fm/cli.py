@@ -395,7 +395,7 @@ def build_parser():
         "train",
         cmd_train,
         "train FM or DeepFM on your files (schema inferred or given), early stopping on "
-        "validation AUC, resumable; optionally plots and a verified export",
+        "validation AUC minus log loss, resumable; optionally plots and a verified export",
     )
     _add_data_flags(train)
     data = train.add_argument_group("data")

@@ -758,13 +758,25 @@ def _results(model, valid_data, history, task, report, seconds):
     if valid_data is not None:
         predictions, labels = predict_dataset(model, valid_data)
         result["valid"] = metrics_lib.score(task, labels, predictions)
-        key = "val_auc" if task == "binary" else "val_rmse"
-        if history.get(key) and "loss" in history:
-            best = (np.argmax if task == "binary" else np.argmin)(history[key])
-            result["best_epoch"] = int(best) + 1
+        best = _best_epoch(history, task)
+        if best is not None:
+            result["best_epoch"] = best
     if report is not None:
         result["skipped_lines"] = report.skipped
     return result, labels, predictions
+
+
+def _best_epoch(history, task):
+    """The epoch (from 1) `tf_fm.default_callbacks` ended on, or None (no validation, `bayesfm`)."""
+    if "loss" not in history:
+        return None
+    if task == "binary":
+        terms = models_lib.BINARY_MONITOR_TERMS
+        if not all(history.get(key) for key in terms):
+            return None
+        score = sum(w * np.asarray(history[key], dtype=float) for key, w in terms.items())
+        return int(np.argmax(score)) + 1
+    return int(np.argmin(history["val_rmse"])) + 1 if history.get("val_rmse") else None
 
 
 def train(
