@@ -586,7 +586,8 @@ def NFM(
     the hidden layer, 0.5 on the bi-interaction vector); with those, test
     AUC under `tf_fm.train` defaults was 0.635 on the Criteo sample and 0.528
     on the Avazu sample (3 seeds) against 0.712 and 0.740 without them (2
-    seeds; `benchmarks/quality.md`). The embedding size stays the package's
+    seeds, both under the earlier AUC-only monitor; `benchmarks/quality.md`
+    has both defaults side by side). The embedding size stays the package's
     10 (the authors' code: 64).
 
     Args:
