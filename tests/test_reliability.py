@@ -306,3 +306,15 @@ def test_a_damaged_tfrecord_record_names_the_shard_at_train(tmp_path, capsys):
     assert cli.main([*args, "--output", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{path}: corrupted record at byte " in err, err
+
+
+def test_a_shard_cut_at_a_record_boundary_is_named(tmp_path):
+    """A cut between two records leaves valid framing: the spec's row count finds it."""
+    rows = {"a": np.arange(10, dtype=np.int64)}
+    dataset = tf.data.Dataset.from_tensor_slices((rows, np.zeros(10, np.float32))).batch(5)
+    (path,) = tf_fm.data.write_tfrecords(dataset, str(tmp_path / "shard"))
+    data = open(path, "rb").read()
+    first = 16 + int.from_bytes(data[:8], "little")  # header 12 + data + crc 4
+    open(path, "wb").write(data[:first])  # one whole record of ten
+    with pytest.raises(ValueError, match=r"1 records where its spec says 10"):
+        tf_fm.data.read_files(tf_fm.data.DataSpec("tfrecord"), [path])

@@ -5,6 +5,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 
 from tf_fm.callbacks import AtomicBackupAndRestore
 from tf_fm.features import Feature, field_config, weights_input_name
@@ -750,7 +751,12 @@ class WeightedSum(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or any(logs.get(key) is None for key in self.terms):
             return
-        logs[self.name] = sum(w * float(logs[key]) for key, w in self.terms.items())
+        logs[self.name] = float(weighted_sum(logs, self.terms))
+
+
+def weighted_sum(logs: dict, terms: dict = BINARY_MONITOR_TERMS):
+    """`sum_k weight_k * logs[k]`: of one epoch's floats, or of a history's per-epoch lists."""
+    return sum(w * np.asarray(logs[key], dtype=float) for key, w in terms.items())
 
 
 class BestEpochStopping(keras.callbacks.Callback):

@@ -486,15 +486,17 @@ class Run:
 
     def evaluate(self, files, batch_size: int = 4096) -> Evaluation:
         """Exact metrics (`tf_fm.metrics.score`) of the run's model on labelled `files`."""
+        files = formats.resolve_files(files)
         dataset = self.read(files, batch_size=batch_size)
-        with formats.naming_files(self.spec, formats.resolve_files(files)):
+        with formats.naming_files(self.spec, files):
             predictions, labels = predict_dataset(self.raw_model(), dataset)
         return Evaluation(metrics_lib.score(self.task, labels, predictions), labels, predictions)
 
     def predict(self, files, batch_size: int = 4096) -> np.ndarray:
         """Predictions, one per row of `files` in order (a label column is not needed)."""
+        files = formats.resolve_files(files)
         dataset = self.read(files, batch_size=batch_size, need_label=False)
-        with formats.naming_files(self.spec, formats.resolve_files(files)):
+        with formats.naming_files(self.spec, files):
             return predict_dataset(self.raw_model(), dataset, with_labels=False)[0]
 
     def export(
@@ -774,8 +776,7 @@ def _best_epoch(history, task):
         terms = models_lib.BINARY_MONITOR_TERMS
         if not all(history.get(key) for key in terms):
             return None
-        score = sum(w * np.asarray(history[key], dtype=float) for key, w in terms.items())
-        return int(np.argmax(score)) + 1
+        return int(np.argmax(models_lib.weighted_sum(history, terms))) + 1
     return int(np.argmin(history["val_rmse"])) + 1 if history.get("val_rmse") else None
 
 

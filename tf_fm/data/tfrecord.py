@@ -293,21 +293,12 @@ def read_tfrecords(
 
 def _expected_records(path):
     """Records the spec beside a shard says it holds (row r went to shard r % N), or None."""
-    match = _SHARD.match(os.path.basename(path))
-    spec_file = spec_path(os.path.join(os.path.dirname(path), match.group(1))) if match else None
-    if spec_file is None or not os.path.isfile(spec_file):
-        return None
     try:
-        with open(spec_file) as handle:
-            spec = json.load(handle)
-        shard, num_shards, rows = (
-            spec["shards"].index(os.path.basename(path)),
-            len(spec["shards"]),
-            spec["rows"],
-        )
-    except (ValueError, KeyError, TypeError):  # an older or foreign spec: no count to check
+        spec = load_spec(None, [path])
+        shards = spec["shards"]
+        return len(range(shards.index(os.path.basename(path)), spec["rows"], len(shards)))
+    except (ValueError, KeyError, TypeError):  # no spec, or an older or foreign one: no count
         return None
-    return len(range(shard, rows, num_shards))
 
 
 def _walk(path):
