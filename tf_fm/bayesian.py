@@ -660,6 +660,12 @@ class BayesianFM:
             if isinstance(fields, FeatureSchema)
             else [field_config(f) for f in fields]
         )
+        shared = [f["name"] for f in field_dicts if "table" in f]
+        if shared:
+            raise ValueError(
+                f"BayesianFM: fields {shared} share a table (`table=`); the Gibbs sampler draws "
+                "each row from the field that owns it, so it needs every field's own rows."
+            )
         self.layout = FieldEmbedding(field_dicts, embedding_dim=1, out_of_range=out_of_range)
         self.embedding_dim = int(embedding_dim)
         self.samples = int(samples)

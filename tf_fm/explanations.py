@@ -179,37 +179,20 @@ def _higher_orders(model, logit_terms):
     return found
 
 
-def _row_fields(embedding):
-    """`(rows,)` index of the field that owns each row of the fused table (-1: padding)."""
-    owner = np.full(embedding.total_rows, -1, dtype=np.int64)
-    ends = [*embedding.offsets[1:], embedding.padding_row or embedding.total_rows]
-    for f, (start, end) in enumerate(zip(embedding.offsets, ends, strict=True)):
-        owner[start:end] = f
-    return owner
-
-
 def _first_order_layer(embedding):
     """A copy of `embedding` whose `"embeddings"` hold each field's sum_i w_i x_i.
 
-    Its factor table has one column per field: row r holds w_r in the column
-    of the field that owns r, 0 elsewhere. So the copy's output for field f
-    is sum_{i in f} x_i w_i in column f and 0 in the others: the first-order
-    terms per field, by the layer's own lookup (ids, combiners, padding).
-    Costs a table of `rows x (F + 1)` while `explain` runs.
+    Its factor table has one column, w: so the copy's output for field f is
+    sum_{i in f} x_i w_i, the first-order term per field, by the layer's own
+    lookup (ids, combiners, padding, rows shared between fields). Costs a
+    table of `rows x 2` while `explain` runs.
     """
-    fields = len(embedding.fields)
     config = embedding.get_config()
-    config.update(
-        embedding_dim=fields, embeddings_l2=0.0, linear_l2=0.0, name="explain_first_order"
-    )
+    config.update(embedding_dim=1, embeddings_l2=0.0, linear_l2=0.0, name="explain_first_order")
     layer = FieldEmbedding.from_config(config)
     layer.build()
     weights = embedding.get_linear_weights()
-    owner = _row_fields(embedding)
-    factors = np.zeros((embedding.total_rows, fields), dtype=weights.dtype)
-    used = np.flatnonzero(owner >= 0)
-    factors[used, owner[used]] = weights[used]
-    layer.set_table(factors, weights)
+    layer.set_table(weights[:, None], weights)
     return layer
 
 

@@ -77,6 +77,22 @@ def _check_ids(feature):
         _check_positive_int(name, "num_ids", feature.num_ids)
 
 
+def _check_table(feature):
+    """`table` names an id space shared with other features: integer ids only."""
+    if feature.table is None:
+        return
+    if not isinstance(feature.table, str) or not feature.table:
+        raise ValueError(
+            f"Feature '{feature.name}': `table` must be a non-empty string or None. "
+            f"Received: table={feature.table!r}"
+        )
+    if feature.encoding != "integer":
+        raise ValueError(
+            f"Feature '{feature.name}': `table` (rows shared with other features) needs "
+            f"encoding='integer', ids of one id space. Received: encoding={feature.encoding!r}"
+        )
+
+
 def _check_name(name):
     if not isinstance(name, str) or not name:
         raise ValueError(f"A feature needs a non-empty string `name`. Received: name={name!r}")
@@ -137,6 +153,11 @@ class CategoricalFeature(_Declaration):
         num_ids: int. Integer: number of ids. Required for `"integer"`.
         out_of_range: str. Integer: `"error"` or `"oov"`. Defaults to
             `"error"`.
+        table: str or None. Integer: the name of an id space this feature
+            shares with others: features with the same `table` look their
+            ids up in one block of the model's table (one row per id, as
+            DeepCTR's `embedding_name`), so their `num_ids` must agree.
+            Defaults to None (the feature's own rows).
     """
 
     name: str
@@ -149,6 +170,7 @@ class CategoricalFeature(_Declaration):
     num_bins: int | None = None
     num_ids: int | None = None
     out_of_range: str = "error"
+    table: str | None = None
 
     kind = "categorical"
 
@@ -160,6 +182,7 @@ class CategoricalFeature(_Declaration):
         _check_choice(self.name, "dtype", self.dtype, CATEGORICAL_DTYPES)
         _check_choice(self.name, "out_of_range", self.out_of_range, OUT_OF_RANGE_MODES)
         _check_ids(self)
+        _check_table(self)
         if self.encoding == "integer":
             if self.dtype != "int64":
                 raise ValueError(
@@ -307,6 +330,10 @@ class MultiValuedFeature(_Declaration):
             False.
         combiner: str. `"sum"`, `"mean"` or `"sqrtn"`: how the x values of a
             row are normalized (`FieldEmbedding`). Defaults to `"sum"`.
+        table: str or None. Integer: the name of an id space shared with
+            other features (see `CategoricalFeature`); the libFFM format's
+            per-field features share one (`tf_fm.data.libffm_features`).
+            Defaults to None.
     """
 
     name: str
@@ -321,6 +348,7 @@ class MultiValuedFeature(_Declaration):
     num_ids: int | None = None
     weighted: bool = False
     combiner: str = "sum"
+    table: str | None = None
 
     kind = "multivalued"
 
@@ -335,6 +363,7 @@ class MultiValuedFeature(_Declaration):
         _check_choice(self.name, "encoding", self.encoding, MULTI_VALUED_ENCODINGS)
         _check_choice(self.name, "combiner", self.combiner, COMBINERS)
         _check_ids(self)
+        _check_table(self)
         if self.encoding == "integer":
             _check_positive_int(self.name, "max_length", self.max_length)
         elif self.weighted:
@@ -461,7 +490,8 @@ def model_field(feature: Feature, state: dict | None = None) -> dict[str, Any]:
     Returns:
         `{"name", "kind": "numeric"}`, `{"name", "kind": "categorical",
         "vocabulary_size"}` or `{"name", "kind": "multivalued",
-        "vocabulary_size", "max_length", "weighted", "combiner"}`.
+        "vocabulary_size", "max_length", "weighted", "combiner"}`, plus
+        `"table"` when the feature shares an id space (`table=`).
 
     Raises:
         ValueError: the feature needs learned state that `state` lacks.
@@ -473,8 +503,9 @@ def model_field(feature: Feature, state: dict | None = None) -> dict[str, Any]:
         size = len(bin_boundaries_of(feature, state)) + 1
         return {"name": name, "kind": "categorical", "vocabulary_size": size}
     size = _num_ids(feature, state)
+    shared = {} if feature.table is None else {"table": feature.table}
     if feature.kind == "categorical":
-        return {"name": name, "kind": "categorical", "vocabulary_size": size}
+        return {"name": name, "kind": "categorical", "vocabulary_size": size, **shared}
     return {
         "name": name,
         "kind": "multivalued",
@@ -482,6 +513,7 @@ def model_field(feature: Feature, state: dict | None = None) -> dict[str, Any]:
         "max_length": max_length_of(feature, state),
         "weighted": feature.weighted,
         "combiner": feature.combiner,
+        **shared,
     }
 
 
@@ -505,6 +537,14 @@ def _check_field_dict(spec, field):
         out["max_length"] = int(spec["max_length"])
         out["weighted"] = bool(spec.get("weighted", False))
         out["combiner"] = combiner
+    table = spec.get("table")
+    if table is not None:
+        if kind == "numeric" or not isinstance(table, str) or not table:
+            raise ValueError(
+                f"Field '{name}': `table` is the non-empty name of an id space shared by "
+                f"categorical / multi-valued fields. Received: kind={kind!r}, table={table!r}"
+            )
+        out["table"] = table
     return out
 
 

@@ -624,14 +624,6 @@ def _given_schema(schema):
         raise UsageError(f"{schema} is not a valid schema file: {error}") from None
 
 
-def _fit_spec_to_schema(spec, schema):
-    """Sets what the reader of `spec` takes from the schema (libSVM row length, csv types)."""
-    if spec.format in ("libsvm", "libffm") and spec.max_length is None:
-        spec.max_length = schema.features[0].max_length
-    if spec.format == "csv" and spec.column_types is None:
-        spec.column_types = formats.csv_column_types(schema)
-
-
 def _warm_start_run(warm_start, schema, cluster, task):
     """The finished run `train(warm_start=...)` goes on from, checked against the call."""
     if warm_start is None:
@@ -651,7 +643,7 @@ def _warm_start_run(warm_start, schema, cluster, task):
 def _warm_schema(warm, spec, files, on_error, log):
     """The warm-start run's schema, its vocabularies extended by the ids of `files`."""
     schema = warm.schema
-    _fit_spec_to_schema(spec, schema)
+    formats.fit_spec_to_schema(spec, schema)
     log(f"Warm start from {warm.path}: extending its vocabularies on the new data ...")
     raw = formats.read_files(spec, files, batch_size=4096, on_error=on_error)
     extended, added = warm_start_lib.extend_schema(schema, raw)
@@ -677,7 +669,7 @@ def _run_schema(spec, files, valid_files, schema, out, resuming, inference, on_e
             log("Schema inference, integer columns (override with categorical= / numeric=):")
         for line in notes:  # what each integer column became, and why
             log(f"  {line}")
-    _fit_spec_to_schema(spec, schema)
+    formats.fit_spec_to_schema(spec, schema)
     if not schema.adapted:
         log("Learning the schema (vocabularies, statistics): one pass over the data ...")
         start = time.monotonic()

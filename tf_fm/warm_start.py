@@ -81,9 +81,13 @@ def _row_map(old: FieldEmbedding, new: FieldEmbedding) -> tuple[np.ndarray, np.n
         )
     oov = old.out_of_range == "oov"
     source, target = [], []
+    mapped = set()  # blocks already mapped: fields with one `table` share theirs
     for f_old, f_new, at_old, at_new in zip(
         old.fields, new.fields, old.offsets, new.offsets, strict=True
     ):
+        if at_old in mapped:
+            continue
+        mapped.add(at_old)
         if f_old["kind"] == "numeric":
             source.append(at_old)
             target.append(at_new)

@@ -10,7 +10,8 @@ proposes the format's `FeatureSchema`:
 | `criteo` | I1..I13 `log1p` numeric (missing = 0), C1..C26 vocabularies |
 | `avazu` | every column but `id` and `click` a vocabulary |
 | `csv` | `tf_fm.schema.infer_feature` per column of a sample |
-| `libsvm`, `libffm` | one weighted integer multi-valued feature (`libsvm_feature`) |
+| `libsvm` | one weighted integer multi-valued feature (`libsvm_feature`) |
+| `libffm` | one such feature per field, `field_<f>`, of one shared id space (`libffm_features`) |
 | `tfrecord` | `infer_feature` per column of a sample |
 """
 
@@ -36,7 +37,15 @@ from tf_fm.data.delimited import (
     read_criteo,
     read_csv,
 )
-from tf_fm.data.libsvm import libsvm_feature, read_libffm, read_libsvm
+from tf_fm.data.libsvm import (
+    LibFFMField,
+    libffm_features,
+    libsvm_feature,
+    read_libffm,
+    read_libsvm,
+    scan_libffm_fields,
+    scan_libsvm,
+)
 from tf_fm.data.tfrecord import check_shards, naming_damaged_shards, read_tfrecords
 from tf_fm.errors import UsageError
 from tf_fm.features import CategoricalFeature, NumericFeature
@@ -57,6 +66,10 @@ class DataSpec:
         column_types: dict or None. `csv`: column -> `"string"` / `"float"`,
             set from the schema.
         max_length: int or None. `libsvm` / `libffm`: entries per row.
+        libffm_fields: list or None. `libffm`: `[field, max_length]` per
+            field of the files (`LibFFMField`), one feature each; None reads
+            a libFFM file as one multi-valued feature (runs made before the
+            fields were read).
     """
 
     format: str
@@ -66,6 +79,7 @@ class DataSpec:
     separator: str | None = None
     column_types: dict | None = None
     max_length: int | None = None
+    libffm_fields: list | None = None
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -177,7 +191,13 @@ def read_files(
     if spec.format == "libsvm":
         return read_libsvm(files, max_length=spec.max_length, **lines)
     if spec.format == "libffm":
-        return read_libffm(files, max_length=spec.max_length, with_fields=False, **lines)
+        return read_libffm(
+            files,
+            max_length=spec.max_length,
+            with_fields=False,
+            fields=spec.libffm_fields,
+            **lines,
+        )
     check_shards(files)  # a cut-short shard: its name, not TensorFlow's bare offset
     return read_tfrecords(files, **common)
 
@@ -192,6 +212,41 @@ def naming_files(spec: DataSpec, files: Sequence[str]):
     if spec.format == "tfrecord":
         return naming_damaged_shards(files)
     return contextlib.nullcontext()
+
+
+def fit_spec_to_schema(spec: DataSpec, schema: "schema_lib.FeatureSchema") -> None:
+    """Sets what the reader of `spec` takes from the schema (libSVM row length, csv types).
+
+    A `libffm` schema of `libffm_features` (features `field_<f>`) gives
+    `spec.libffm_fields`; one of the single feature `"features"` (runs
+    made before) reads each row as that feature.
+    """
+    legacy = [f.name for f in schema.features] == ["features"]
+    if spec.format == "libffm" and not legacy:
+        spec.libffm_fields = [list(f) for f in libffm_layout(schema)]
+        spec.max_length = sum(length for _, length in spec.libffm_fields)
+    elif spec.format in ("libsvm", "libffm") and spec.max_length is None:
+        spec.max_length = schema.features[0].max_length
+    if spec.format == "csv" and spec.column_types is None:
+        spec.column_types = csv_column_types(schema)
+
+
+def libffm_layout(schema: "schema_lib.FeatureSchema") -> list[LibFFMField]:
+    """The libFFM fields a schema of `libffm_features` reads (its features `field_<f>`).
+
+    Raises:
+        UsageError: a feature is not a `field_<f>` feature of integer ids.
+    """
+    layout = []
+    for feature in schema.features:
+        number = feature.name.removeprefix("field_")
+        if not number.isdigit() or getattr(feature, "encoding", None) != "integer":
+            raise UsageError(
+                f"a libffm schema has one feature 'field_<f>' of integer ids per libFFM field "
+                f"(tf_fm.data.libffm_features); '{feature.name}' is not one"
+            )
+        layout.append(LibFFMField(int(number), schema.max_length(feature.name)))
+    return layout
 
 
 # === Schema per format ===
@@ -306,8 +361,9 @@ def infer_format_schema(
     """The default `FeatureSchema` of a format (not adapted).
 
     For `csv` it also sets `spec.column_types` (how `read_csv` types each
-    column); for `libsvm` / `libffm` `spec.max_length` (one scan of the
-    files).
+    column); for `libsvm` `spec.max_length` (one scan of the files); for
+    `libffm` one feature per field of the files, sharing one id space
+    (`libffm_features`), and `spec.libffm_fields` (two scans).
 
     Args:
         spec: `DataSpec` of the files.
@@ -335,8 +391,16 @@ def infer_format_schema(
             [CategoricalFeature(n, min_count=min_count) for n in names if n not in ("id", "click")],
             label="click",
         )
-    if spec.format in ("libsvm", "libffm"):
-        feature = libsvm_feature(files, ffm=spec.format == "libffm")
+    if spec.format == "libffm":
+        fields = scan_libffm_fields(files)
+        if not fields:
+            raise UsageError(f"no libFFM entry (field:idx:val) found in {', '.join(files)}")
+        num_ids = scan_libsvm(files, ffm=True).max_index + 1
+        schema = schema_lib.FeatureSchema(libffm_features(fields, num_ids))
+        fit_spec_to_schema(spec, schema)
+        return schema
+    if spec.format == "libsvm":
+        feature = libsvm_feature(files)
         spec.max_length = feature.max_length
         return schema_lib.FeatureSchema([feature])
     if spec.format == "csv":

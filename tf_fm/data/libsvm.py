@@ -40,9 +40,117 @@ class LibSVMStats(NamedTuple):
     max_field: int
 
 
+class LibFFMField(NamedTuple):
+    """One field of libFFM files, as `scan_libffm_fields` found it.
+
+    Attributes:
+        field: int. The field number of the files.
+        max_length: int. Most entries of this field in one row.
+    """
+
+    field: int
+    max_length: int
+
+    @property
+    def name(self) -> str:
+        """Its feature's name, `"field_<field>"`."""
+        return f"field_{self.field}"
+
+
+class _FieldLayout:
+    """Where each libFFM entry goes when a row is split into one feature per field.
+
+    Entry e of field f is the p-th entry of f in its row (in line order):
+    it fills column p of feature `field_<f>`, so a row splits into a
+    `(batch, max_length)` block per field, padded with -1 (ids) and 0
+    (values). A row with an entry of a field that is not in the layout, or
+    with more entries of a field than its `max_length`, does not fit.
+    """
+
+    def __init__(self, fields):
+        self.fields = [LibFFMField(*f) for f in fields]
+        self.lengths = [f.max_length for f in self.fields]
+        slot_of = [-1] * (max(f.field for f in self.fields) + 1)
+        for slot, f in enumerate(self.fields):
+            slot_of[f.field] = slot
+        self.slot_of = tf.constant(slot_of, tf.int64)
+        starts = [0]
+        for n in self.lengths[:-1]:
+            starts.append(starts[-1] + n)
+        self.starts = tf.constant(starts, tf.int64)
+        self.width = sum(self.lengths)
+
+    def slots(self, fields):
+        """Per entry: the index of its field in the layout, and whether it has one."""
+        number_ok = (fields >= 0) & (fields < tf.size(self.slot_of, out_type=tf.int64))
+        slot = tf.gather(self.slot_of, tf.where(number_ok, fields, 0))
+        return tf.maximum(slot, 0), number_ok & (slot >= 0)
+
+    def split(self, splits, fields, ids, values):
+        """`{field_<f>: ids, field_<f>_weights: values}` blocks, and the rows that fit."""
+        slot, known = self.slots(fields)
+        rows = tf.ragged.row_splits_to_segment_ids(splits, out_type=tf.int64)
+        position = _rank_in_group(rows * len(self.fields) + slot)  # p-th entry of its field
+        fits = known & (position < tf.gather(tf.constant(self.lengths, tf.int64), slot))
+        num_rows = tf.size(splits, out_type=tf.int64) - 1
+        misfits = tf.math.unsorted_segment_sum(tf.cast(~fits, tf.int64), rows, num_rows)
+        column = tf.gather(self.starts, slot) + position
+        at = tf.boolean_mask(tf.stack([rows, column], axis=1), fits)
+        shape = tf.stack([num_rows, self.width])
+
+        def block(flat, pad):
+            filled = tf.fill(shape, tf.constant(pad, flat.dtype))
+            return tf.split(
+                tf.tensor_scatter_nd_update(filled, at, tf.boolean_mask(flat, fits)),
+                self.lengths,
+                axis=1,
+            )
+
+        features = {}
+        for f, id_block, value_block in zip(
+            self.fields, block(ids, -1), block(values, 0.0), strict=True
+        ):
+            features[f.name] = id_block
+            features[f"{f.name}_weights"] = value_block
+        return features, misfits == 0
+
+    def reasons(self, splits, fields):
+        """`[(condition, reason)]` per line: an unknown field, or too many entries of one."""
+        slot, known = self.slots(fields)
+        rows = tf.ragged.row_splits_to_segment_ids(splits, out_type=tf.int64)
+        num_rows = tf.size(splits, out_type=tf.int64) - 1
+        unknown = tf.math.unsorted_segment_sum(tf.cast(~known, tf.int64), rows, num_rows)
+        has = ", ".join(str(f.field) for f in self.fields)
+        cases = [(unknown > 0, f"an entry of a field the training files do not have ({has})")]
+        for i, f in enumerate(self.fields):
+            in_field = tf.cast(known & (slot == i), tf.int64)
+            count = tf.math.unsorted_segment_sum(in_field, rows, num_rows)
+            reason = tf.strings.join(
+                [
+                    f"field {f.field} has ",
+                    tf.strings.as_string(count),
+                    f" entries, more than the {f.max_length} of the training files",
+                ]
+            )
+            cases.append((count > f.max_length, reason))
+        return cases
+
+
+def _rank_in_group(keys):
+    """Per element: how many earlier elements have the same key (its rank in its group)."""
+    order = tf.argsort(keys, stable=True)
+    ordered = tf.gather(keys, order)
+    index = tf.range(tf.size(keys, out_type=tf.int64))
+    starts = tf.concat([tf.ones([1], tf.bool), ordered[1:] != ordered[:-1]], 0)[: tf.size(keys)]
+    group = tf.cumsum(tf.cast(starts, tf.int64)) - 1
+    rank = index - tf.gather(tf.boolean_mask(index, starts), group)  # in sorted order
+    return tf.gather(rank, tf.math.invert_permutation(order))
+
+
 class _SparseParser:
-    def __init__(self, ffm, max_length=None, name="features", with_fields=True):
+    def __init__(self, ffm, max_length=None, name="features", with_fields=True, layout=None):
         self.ffm = ffm
+        self.layout = _FieldLayout(layout) if layout else None
         self.with_fields = with_fields
         self.max_length = max_length
         self.name = name
@@ -84,12 +192,16 @@ class _SparseParser:
                 value, shape=shape
             )
 
-        features = {
-            self.name: pad(ids, tf.constant(-1, tf.int64)),
-            f"{self.name}_weights": pad(values, 0.0),
-        }
-        if self.ffm and self.with_fields:
-            features[f"{self.name}_fields"] = pad(fields, tf.constant(-1, tf.int64))
+        if self.layout is not None:
+            features, layout_fits = self.layout.split(splits, fields, ids, values)
+            ok &= layout_fits
+        else:
+            features = {
+                self.name: pad(ids, tf.constant(-1, tf.int64)),
+                f"{self.name}_weights": pad(values, 0.0),
+            }
+            if self.ffm and self.with_fields:
+                features[f"{self.name}_fields"] = pad(fields, tf.constant(-1, tf.int64))
 
         def explain(bad):
             return self.reasons(tf.gather(lines, bad), tf.gather(well_formed, bad), task)
@@ -122,9 +234,16 @@ class _SparseParser:
                     "malformed line (entries must be separated by spaces or tabs)",
                 ),
                 (entries > self.max_length, length_reason),
+                *self._layout_reasons(lines, well_formed),
             ],
             text.label_reason(label_token, task),
         )
+
+    def _layout_reasons(self, lines, well_formed):
+        if self.layout is None:
+            return []
+        _, splits, _, _, fields = self.tokens(tf.where(well_formed, lines, "0"))
+        return [(well_formed & bad, reason) for bad, reason in self.layout.reasons(splits, fields)]
 
 
 def _first_bad_token(tokens, token_pattern):
@@ -211,6 +330,67 @@ def scan_libsvm(paths, *, ffm=False, compression_type=None):
     return LibSVMStats(*(int(x) for x in result))
 
 
+def scan_libffm_fields(paths, *, compression_type=None) -> list[LibFFMField]:
+    """Scans libFFM files: each field that has an entry, and its most entries in a row.
+
+    Well-formed lines only (as `scan_libsvm`); the result is in field order.
+    """
+    files = text.resolve_paths(paths)
+    compression = text.compression_of(files, compression_type)
+    num_fields = scan_libsvm(files, ffm=True, compression_type=compression).max_field + 1
+    if num_fields <= 0:
+        return []
+    parser = _SparseParser(True)
+    blocks = text.line_blocks(files, skip_header=False, compression_type=compression)
+
+    @text.graph_function
+    def longest(file_index, line, lines):
+        del file_index, line
+        ok = tf.strings.regex_full_match(lines, parser.pattern)
+        _, splits, _, _, fields = parser.tokens(tf.boolean_mask(lines, ok))
+        rows = tf.ragged.row_splits_to_segment_ids(splits, out_type=tf.int64)
+        num_rows = tf.size(splits, out_type=tf.int64) - 1
+        cells = tf.math.unsorted_segment_sum(
+            tf.ones_like(fields), rows * num_fields + fields, num_rows * num_fields
+        )
+        per_row = tf.concat(
+            [tf.zeros([1, num_fields], tf.int64), tf.reshape(cells, [-1, num_fields])], 0
+        )
+        return tf.reduce_max(per_row, axis=0)
+
+    most = blocks.map(longest, num_parallel_calls=text.AUTOTUNE).reduce(
+        tf.zeros([num_fields], tf.int64), tf.maximum
+    )
+    return [LibFFMField(f, int(n)) for f, n in enumerate(most.numpy()) if n > 0]
+
+
+def libffm_features(
+    fields: "list[LibFFMField]", num_ids: int, *, combiner: str = "sum", table: str = "features"
+) -> list[MultiValuedFeature]:
+    """The feature declarations of `read_libffm(..., fields=fields)`: one per libFFM field.
+
+    Each is `MultiValuedFeature("field_<f>", encoding="integer",
+    num_ids=num_ids, max_length=..., weighted=True, table=table)`: the
+    fields share one id space (a libFFM index is the same feature whatever
+    field it comes in, as in libFFM's own model), so the model's table
+    has `num_ids` rows, not one block per field, while a field-aware model
+    (`FFM`, `FwFM`) sees the files' fields. An FM on them equals the FM on
+    one multi-valued feature of all the entries (it sums every pair).
+    """
+    return [
+        MultiValuedFeature(
+            f.name,
+            encoding="integer",
+            num_ids=num_ids,
+            max_length=f.max_length,
+            weighted=True,
+            combiner=combiner,
+            table=table,
+        )
+        for f in (LibFFMField(*f) for f in fields)
+    ]
+
+
 def libsvm_feature(
     paths=None,
     *,
@@ -270,18 +450,23 @@ def libsvm_field(*args, **kwargs):
 
 
 def _read_sparse(
-    paths, *, ffm, max_length, task, name, compression_type, with_fields=True, **pipeline
-):
+    paths, *, ffm, max_length, task, name, compression_type, with_fields=True, fields=None,
+    **pipeline,
+):  # fmt: skip
     """The libSVM / libFFM reader; `pipeline`: the `text.PipelineOptions` arguments."""
     options = text.PipelineOptions(**pipeline)
     options.check(task)
     files = text.resolve_paths(paths)
     compression = text.compression_of(files, compression_type)
+    if fields is not None and not fields:
+        raise ValueError("`fields` must list at least one LibFFMField, or be None.")
+    if max_length is None and fields:
+        max_length = sum(LibFFMField(*f).max_length for f in fields)
     if max_length is None:
         max_length = max(scan_libsvm(files, ffm=ffm, compression_type=compression).max_length, 1)
     if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
         raise ValueError(f"`max_length` must be a positive integer. Received: {max_length!r}")
-    parser = _SparseParser(ffm, max_length, name, with_fields)
+    parser = _SparseParser(ffm, max_length, name, with_fields, fields)
     return text.text_dataset(
         files,
         lambda lines: parser.parse(lines, task),
@@ -354,6 +539,7 @@ def read_libffm(
     *,
     max_length=None,
     with_fields=True,
+    fields=None,
     task="binary",
     name="features",
     batch_size=1024,
@@ -374,10 +560,17 @@ def read_libffm(
     Args:
         paths: a file, a glob pattern, or a list of them.
         max_length: int. Entries per row after padding. Defaults to the
-            longest row (one extra pass over the files).
+            longest row (one extra pass over the files); with `fields`, the
+            sum of their `max_length`.
         with_fields: bool. Also yield `name + "_fields"`. False leaves only
             the inputs a weighted `MultiValuedFeature` declares (an FM ignores fields).
             Defaults to True.
+        fields: list of `LibFFMField` (`scan_libffm_fields` of the training
+            files) or None. Given: one weighted multi-valued input per field,
+            `"field_<f>"` ids and `"field_<f>_weights"`, instead of `name`
+            (`libffm_features` declares them); a line with an entry of
+            another field, or with more entries of a field than its
+            `max_length`, is malformed. Defaults to None.
         task: `"binary"` or `"regression"`, as in `read_libsvm`.
         name: str. Name of the feature (and prefix of `_weights`,
             `_fields`). Defaults to `"features"`.
@@ -397,6 +590,8 @@ def read_libffm(
     Returns:
         `tf.data.Dataset` of `(features, label)` batches: as `read_libsvm`,
         plus (with `with_fields`) `name + "_fields"`: int64
-        `(batch, max_length)`, the field of each entry, -1 at padding.
+        `(batch, max_length)`, the field of each entry, -1 at padding. With
+        `fields`: per field, `"field_<f>"` int64 `(batch, its max_length)`
+        ids in line order, padded with -1, and `"field_<f>_weights"`.
     """
     return _read_sparse(ffm=True, **locals())  # every argument, by name

@@ -6,7 +6,8 @@ for categorical columns (`""` when missing) and `tf.float32` for numeric
 columns (NaN when missing; a later schema applies defaults); the label is
 `tf.float32` `(batch,)`. libSVM/libFM/libFFM rows already are feature
 vectors: they yield one weighted multi-valued feature (ids padded with -1,
-`"<name>_weights"` values), see `libsvm_feature`.
+`"<name>_weights"` values), see `libsvm_feature`; libFFM rows also one
+such feature per field (`read_libffm(fields=...)`, `libffm_features`).
 
 Text readers stream their files (chunked reads, several files at once),
 parse whole batches in parallel, and check every line. A malformed line
@@ -36,11 +37,14 @@ from tf_fm.data.delimited import (
     read_csv,
 )
 from tf_fm.data.libsvm import (
+    LibFFMField,
     LibSVMStats,
+    libffm_features,
     libsvm_feature,
     libsvm_field,
     read_libffm,
     read_libsvm,
+    scan_libffm_fields,
     scan_libsvm,
 )
 from tf_fm.data.text import ReadReport
@@ -51,9 +55,11 @@ __all__ = [
     "CRITEO_CATEGORICAL",
     "CRITEO_COLUMNS",
     "CRITEO_NUMERIC",
+    "LibFFMField",
     "LibSVMStats",
     "ReadReport",
     "infer_column_types",
+    "libffm_features",
     "libsvm_feature",
     "libsvm_field",
     "read_avazu",
@@ -63,6 +69,7 @@ __all__ = [
     "read_libffm",
     "read_libsvm",
     "read_tfrecords",
+    "scan_libffm_fields",
     "scan_libsvm",
     "write_tfrecords",
 ]

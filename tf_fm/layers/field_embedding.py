@@ -46,6 +46,21 @@ def _check_arguments(fields, embedding_dim, out_of_range, embeddings_l2, linear_
     for arg, value in (("embeddings_l2", embeddings_l2), ("linear_l2", linear_l2)):
         if value < 0:
             raise ValueError(f"`{arg}` must be >= 0. Received: {arg}={value}")
+    _check_shared_tables(fields)
+
+
+def _check_shared_tables(fields):
+    """Fields that share a `table` share its rows: they must have as many ids."""
+    sizes = {}
+    for f in fields:
+        if "table" not in f:
+            continue
+        first = sizes.setdefault(f["table"], (f["name"], f["vocabulary_size"]))
+        if first[1] != f["vocabulary_size"]:
+            raise ValueError(
+                f"Fields '{first[0]}' and '{f['name']}' share table '{f['table']}' but have "
+                f"{first[1]} and {f['vocabulary_size']} ids: features of one table need as many."
+            )
 
 
 class _Terms(NamedTuple):
@@ -74,6 +89,10 @@ class FieldEmbedding(keras.layers.Layer):
       values are the schema's to fill (`FeatureSchema.preprocess`, and every
       export, put the feature's default in their place first); a model fed
       model inputs directly must be given finite values.
+    * fields with the same `table` (integer ids of one id space, e.g. the
+      fields of a libFFM file) look their ids up in one block of rows: id j
+      is the same row, hence the same v and w, in each of them, while each
+      still is its own field of the output.
     * `multivalued` field: `max_length` ids per row, padded with -1 (padding
       contributes exactly nothing), optional per-id weights (input
       `"<name>_weights"`), and a `combiner` that sets x_i of each id:
@@ -99,7 +118,8 @@ class FieldEmbedding(keras.layers.Layer):
             `encoding="integer"`, numeric features). A dict has `name`,
             `kind` (`"categorical"`, `"numeric"` or `"multivalued"`),
             `vocabulary_size` (categorical, multivalued), `max_length`,
-            `weighted` and `combiner` (multivalued). Order sets the field axis.
+            `weighted` and `combiner` (multivalued), and optionally `table`
+            (categorical, multivalued). Order sets the field axis.
         embedding_dim: int. Size k of the factor vectors. Defaults to 10.
         out_of_range: str. `"error"` or `"oov"`. Defaults to `"error"`.
         embeddings_initializer: initializer of the factor table. Defaults to
@@ -170,12 +190,19 @@ class FieldEmbedding(keras.layers.Layer):
     def _lay_out_table(self):
         """Row layout of the fused table: a block of rows per field, in field order.
 
+        Fields with the same `"table"` share the block of the first of them.
         Then, if any field is multi-valued, one padding row.
         """
         oov_rows = 1 if self.out_of_range == "oov" else 0
         self.offsets = []
+        shared = {}  # table name -> offset of its block
         rows = 0
         for f in self.fields:
+            if f.get("table") in shared:
+                self.offsets.append(shared[f["table"]])
+                continue
+            if "table" in f:
+                shared[f["table"]] = rows
             self.offsets.append(rows)
             rows += 1 if f["kind"] == "numeric" else f["vocabulary_size"] + oov_rows
         self.padding_row = rows if any(f["kind"] == "multivalued" for f in self.fields) else None
