@@ -316,8 +316,30 @@ def cmd_demo(args):
 
 _EPILOG = "Run `tf-fm <verb> --help` for the flags of a verb."
 
+_VERB_HELP = {  # a verb's line in `tf-fm --help` and the description of `tf-fm <verb> --help`
+    "demo": "synthetic data with a known truth: FM and DeepFM vs the Bayes-optimal AUC, "
+    "DeepFM exported and verified, plots",
+    "train": "train FM or DeepFM on your files (schema inferred or given), early stopping on "
+    "validation AUC minus log loss, resumable; optionally plots and a verified export",
+    "evaluate": "metrics of a trained run on labelled files",
+    "predict": "predictions of a trained run, one per input row",
+    "explain": "split a trained FM / FwFM / DeepFM run's logits into bias, first-order and "
+    "field-pair terms (DeepFM's DNN by integrated gradients); top pairs per row, a heat map",
+    "export": "export a trained run as a verified SavedModel",
+    "verify": "check a SavedModel the way TF Serving runs it",
+    "inspect": "signatures, schema and metrics of an export or a run",
+}
+
+
+def _add_verbose_flag(parser):
+    """`--verbose`, of the top command and of every verb."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="keep TensorFlow's log lines and warnings"
+    )
+
 
 def _add_data_flags(parser, required=True, formats=True):
+    """`--data` and, with `formats`, `--format`, `--label` and `--delimiter`."""
     parser.add_argument(
         "--data", nargs="+", required=required, metavar="FILE", help="data files or globs"
     )
@@ -338,6 +360,22 @@ def _add_data_flags(parser, required=True, formats=True):
         )
 
 
+def _add_run_argument(parser):
+    """The `run` positional: a run directory of `tf-fm train`."""
+    parser.add_argument("run", help="run directory written by `tf-fm train`")
+
+
+def _add_run_data_flags(parser):
+    """`run` and `--data`: the files read in the run's own format (evaluate, predict, explain)."""
+    _add_run_argument(parser)
+    _add_data_flags(parser, formats=False)
+
+
+def _add_batch_size_flag(parser):
+    """`--batch-size` of the verbs that only run a trained model (evaluate, predict)."""
+    parser.add_argument("--batch-size", type=int, default=4096, help="(default: 4096)")
+
+
 def _delimiter(text):
     return {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(text, text)
 
@@ -349,107 +387,106 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser():
-    parser = _Parser(
-        prog="tf-fm",
-        description="Factorization Machines and DeepFM (Keras 3, TensorFlow): train, "
-        "evaluate, export for TF Serving.",
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"tf-fm {tf_fm.__version__}")
+# --- demo ---
+
+
+def _add_demo_arguments(parser):
+    """The flags of `tf-fm demo`."""
     parser.add_argument(
-        "--verbose", action="store_true", help="keep TensorFlow's log lines and warnings"
-    )
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-
-    def verb(name, func, help_text):
-        sub = verbs.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--verbose", action="store_true", help="keep TensorFlow's log lines and warnings"
-        )
-        sub.set_defaults(func=func)
-        return sub
-
-    # --- demo ---
-    demo = verb(
-        "demo",
-        cmd_demo,
-        "synthetic data with a known truth: FM and DeepFM vs the Bayes-optimal AUC, "
-        "DeepFM exported and verified, plots",
-    )
-    demo.add_argument(
         "--export-dir",
         default="saved_models/deepfm_demo",
         help="where DeepFM is exported, as <dir>/<version> (default: saved_models/deepfm_demo)",
     )
-    demo.add_argument(
+    parser.add_argument(
         "--plots", default="plots/demo", help="directory for the PNG plots (default: plots/demo)"
     )
-    demo.add_argument("--rows", type=int, default=100_000, help="training rows (default: 100000)")
-    demo.add_argument("--epochs", type=int, default=8, help="most epochs per model (default: 8)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--rows", type=int, default=100_000, help="training rows (default: 100000)")
+    parser.add_argument("--epochs", type=int, default=8, help="most epochs per model (default: 8)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
-    # --- train ---
-    train = verb(
-        "train",
-        cmd_train,
-        "train FM or DeepFM on your files (schema inferred or given), early stopping on "
-        "validation AUC minus log loss, resumable; optionally plots and a verified export",
-    )
-    _add_data_flags(train)
-    data = train.add_argument_group("data")
-    data.add_argument(
+
+# --- train ---
+
+
+def _add_train_arguments(parser):
+    """The flags of `tf-fm train`, in the groups its `--help` shows."""
+    _add_data_flags(parser)
+    data = parser.add_argument_group("data")
+    _add_train_input_flags(data)
+    _add_train_reading_flags(data)
+    model = parser.add_argument_group("model")
+    _add_train_model_flags(model)
+    _add_train_layer_flags(model)
+    fit = parser.add_argument_group("training")
+    _add_train_loop_flags(fit)
+    _add_train_probability_flags(fit)
+    _add_train_weights_flags(fit)
+    _add_train_output_flags(parser.add_argument_group("outputs"))
+
+
+def _add_train_input_flags(group):
+    """Validation files, schema, task and vocabulary cut-off of `tf-fm train`."""
+    group.add_argument(
         "--valid",
         nargs="+",
         metavar="FILE",
         help="validation files or globs: early stopping, LR decay and the reported metrics "
         "use them (without them: fixed --epochs)",
     )
-    data.add_argument(
+    group.add_argument(
         "--schema",
         metavar="FILE",
         help="schema.json (tf_fm.FeatureSchema.save) to use instead of inferring one",
     )
-    data.add_argument(
+    group.add_argument(
         "--task",
         choices=["binary", "regression"],
         default="binary",
         help="binary: labels 0/1 (or -1/+1), probability out, AUC/logloss; regression: real "
         "labels, RMSE (default: binary)",
     )
-    data.add_argument(
+    group.add_argument(
         "--min-count",
         type=int,
         default=2,
         help="inferred vocabularies: fewest occurrences a value needs for its own id; rarer "
         "values share the OOV id (default: 2)",
     )
-    data.add_argument(
+
+
+def _add_train_reading_flags(group):
+    """How `tf-fm train` reads the rows: csv columns, shuffling, malformed lines."""
+    group.add_argument(
         "--separator", help="csv: separator of multi-valued cells, e.g. '|' (default: none)"
     )
-    data.add_argument(
+    group.add_argument(
         "--categorical", nargs="+", metavar="COL", help="csv: columns to treat as categorical"
     )
-    data.add_argument(
+    group.add_argument(
         "--numeric", nargs="+", metavar="COL", help="csv: columns to treat as numeric"
     )
-    data.add_argument(
+    group.add_argument(
         "--shuffle-buffer",
         type=int,
         default=100_000,
         help="rows shuffled together (files in random order, then windows of this many rows) "
         "(default: 100000)",
     )
-    data.add_argument(
+    group.add_argument(
         "--on-error",
         choices=["raise", "skip"],
         default="raise",
         help="a malformed line: stop with its file:line (raise), or skip it and report the "
         "count (default: raise)",
     )
-    model = train.add_argument_group("model")
-    model.add_argument(
+
+
+def _add_train_model_flags(group):
+    """The model of `tf-fm train` and the options of HOFM and Bayesian FM.
+
+    Defaults None: see `_model_options`.
+    """
+    group.add_argument(
         "--model",
         choices=["fm", "deepfm", "hofm", "fwfm", "ffm", "nfm", "bayesfm"],  # training.MODELS
         default=None,
@@ -459,77 +496,88 @@ def build_parser():
         "by MCMC as libFM's -method mcmc (--task regression; --samples, --burn-in) "
         "(default: deepfm)",
     )
-    model.add_argument(
+    group.add_argument(
         "--order", type=int, default=None, help="hofm: highest interaction order (default: 3)"
     )
-    model.add_argument(
+    group.add_argument(
         "--samples", type=int, default=None, help="bayesfm: sweeps kept and averaged (default: 100)"
     )
-    model.add_argument(
+    group.add_argument(
         "--burn-in", type=int, default=None, help="bayesfm: sweeps discarded first (default: 20)"
     )
-    model.add_argument(
+
+
+def _add_train_layer_flags(group):
+    """Embedding size, DNN layers and regularization of `tf-fm train` (defaults None)."""
+    group.add_argument(
         "--embedding-dim",
         type=int,
         default=None,
         help="k, the factor size per feature (default: 10)",
     )
-    model.add_argument(
+    group.add_argument(
         "--dnn-units",
         help="DeepFM / NFM hidden layer sizes, comma separated (default: DeepFM 400,400,400; "
         "NFM 64)",
     )
-    model.add_argument(
+    group.add_argument(
         "--dropout",
         type=float,
         help="DeepFM / NFM dropout rate after each hidden layer (default: DeepFM 0.5, NFM 0)",
     )
-    model.add_argument(
+    group.add_argument(
         "--batch-norm",
         action="store_true",
         default=None,
         help="batch normalization in the DNN (default: off)",
     )
-    model.add_argument(
+    group.add_argument(
         "--l2",
         type=float,
         default=None,
         help="L2 on the embedding and first-order rows each example uses (default: 1e-5)",
     )
-    fit = train.add_argument_group("training")
-    fit.add_argument(
+
+
+def _add_train_loop_flags(group):
+    """The training loop of `tf-fm train`: epochs, batches, learning rate, early stopping."""
+    group.add_argument(
         "--epochs",
         type=int,
         help="most epochs (default: 100 with --valid, where early stopping decides; 10 without)",
     )
-    fit.add_argument(
+    group.add_argument(
         "--batch-size", type=int, default=1024, help="rows per training step (default: 1024)"
     )
-    fit.add_argument(
+    group.add_argument(
         "--learning-rate",
         type=float,
         default=None,
         help="initial learning rate of tf_fm.LazyAdam; divided by 10 after an epoch without "
         "validation improvement (default: 1e-3)",
     )
-    fit.add_argument(
+    group.add_argument(
         "--patience",
         type=int,
         default=2,
         help="epochs without validation improvement before stopping; the best epoch's "
         "weights are kept (default: 2)",
     )
-    fit.add_argument(
+    group.add_argument(
         "--seed", type=int, default=0, help="seed of weights and shuffling (default: 0)"
     )
-    fit.add_argument(
+
+
+def _add_train_probability_flags(group):
+    """Corrections of the probabilities the saved model gives: calibration, downsampling."""
+    group.add_argument(
         "--calibration",
         choices=["none", "platt", "isotonic"],
         default="none",
         help="recalibrate the probabilities on the --valid files after training; the saved "
         "model and its export carry it (default: none)",
     )
-    fit.add_argument(
+    group.add_argument(
         "--negative-downsampling",
         type=float,
         metavar="W",
@@ -537,7 +585,11 @@ def build_parser():
         "and its export correct to the full distribution: p / (p + (1 - p) / W). --valid "
         "files are taken to be full-distribution (default: no correction)",
     )
-    fit.add_argument(
+
+
+def _add_train_weights_flags(group):
+    """The weights of `tf-fm train`: their update rule, starting point and processes."""
+    group.add_argument(
         "--optimizer",
         choices=["lazy_adam", "rowwise_adagrad"],  # models.EMBEDDING_OPTIMIZERS
         default=None,
@@ -545,80 +597,122 @@ def build_parser():
         "rowwise_adagrad (TorchRec/FBGEMM's, one accumulator per row, at 10x the learning "
         "rate); Adam elsewhere either way (default: lazy_adam)",
     )
-    fit.add_argument(
+    group.add_argument(
         "--warm-start",
         metavar="RUN",
         help="go on from a finished run on the new --data: its schema with the vocabularies "
         "extended by the new ids, its weights and optimizer state, fresh rows for new ids; "
         "the model and its architecture are RUN's (write to another --output)",
     )
-    fit.add_argument(
+    group.add_argument(
         "--cluster",
         metavar="SPEC",
         help="train on several processes (tf.distribute): local:W (W synchronous workers "
         "here), local:W,P (W workers, P parameter servers), tf_config (this process is "
         "the task TF_CONFIG names); --batch-size is the global batch (default: one process)",
     )
-    outputs = train.add_argument_group("outputs")
-    outputs.add_argument(
+
+
+def _add_train_output_flags(group):
+    """What `tf-fm train` writes: run directory, export, metrics, plots."""
+    group.add_argument(
         "--output",
         metavar="DIR",
         help="run directory: model.keras, schema.json, metrics.json, history.json and the "
         "checkpoints an interrupted run resumes from (default: runs/MODEL)",
     )
-    outputs.add_argument(
+    group.add_argument(
         "--export", metavar="DIR", help="export a verified TF Serving SavedModel to DIR/<version>"
     )
-    outputs.add_argument(
-        "--metrics-out", metavar="FILE", help="also write the metrics JSON to FILE"
-    )
-    outputs.add_argument(
+    group.add_argument("--metrics-out", metavar="FILE", help="also write the metrics JSON to FILE")
+    group.add_argument(
         "--plots", metavar="DIR", help="write training curves, ROC and calibration PNGs to DIR"
     )
-    outputs.add_argument(
+    group.add_argument(
         "--overwrite", action="store_true", help="replace a finished run in --output"
     )
 
-    # --- evaluate / predict ---
-    evaluate = verb("evaluate", cmd_evaluate, "metrics of a trained run on labelled files")
-    evaluate.add_argument("run", help="run directory written by `tf-fm train`")
-    _add_data_flags(evaluate, formats=False)
-    evaluate.add_argument("--batch-size", type=int, default=4096, help="(default: 4096)")
-    evaluate.add_argument("--metrics-out", metavar="FILE", help="write the metrics JSON here")
-    evaluate.add_argument("--plots", metavar="DIR", help="write ROC and calibration PNGs")
-    predict = verb("predict", cmd_predict, "predictions of a trained run, one per input row")
-    predict.add_argument("run", help="run directory written by `tf-fm train`")
-    _add_data_flags(predict, formats=False)
-    predict.add_argument("--output", required=True, help="CSV file to write")
-    predict.add_argument("--batch-size", type=int, default=4096, help="(default: 4096)")
-    explain = verb(
-        "explain",
-        cmd_explain,
-        "split a trained FM / FwFM / DeepFM run's logits into bias, first-order and field-pair "
-        "terms (DeepFM's DNN by integrated gradients); top pairs per row, a heat map",
-    )
-    explain.add_argument("run", help="run directory written by `tf-fm train`")
-    _add_data_flags(explain, formats=False)
-    explain.add_argument("--rows", type=int, default=5, help="first rows to explain (default: 5)")
-    explain.add_argument("--top", type=int, default=5, help="pairs shown per row (default: 5)")
-    explain.add_argument(
+
+# --- evaluate / predict / explain ---
+
+
+def _add_evaluate_arguments(parser):
+    """The arguments of `tf-fm evaluate`."""
+    _add_run_data_flags(parser)
+    _add_batch_size_flag(parser)
+    parser.add_argument("--metrics-out", metavar="FILE", help="write the metrics JSON here")
+    parser.add_argument("--plots", metavar="DIR", help="write ROC and calibration PNGs")
+
+
+def _add_predict_arguments(parser):
+    """The arguments of `tf-fm predict`."""
+    _add_run_data_flags(parser)
+    parser.add_argument("--output", required=True, help="CSV file to write")
+    _add_batch_size_flag(parser)
+
+
+def _add_explain_arguments(parser):
+    """The arguments of `tf-fm explain`."""
+    _add_run_data_flags(parser)
+    parser.add_argument("--rows", type=int, default=5, help="first rows to explain (default: 5)")
+    parser.add_argument("--top", type=int, default=5, help="pairs shown per row (default: 5)")
+    parser.add_argument(
         "--plot", metavar="PNG", help="write the field-pair heat map (mean |contribution|) here"
     )
 
-    # --- export / verify / inspect ---
-    export = verb("export", cmd_export, "export a trained run as a verified SavedModel")
-    export.add_argument("run", help="run directory written by `tf-fm train`")
-    export.add_argument("export_dir", help="model base directory; the version goes below it")
-    export.add_argument("--version", type=int, help="version number (default: next free)")
-    export.add_argument("--overwrite", action="store_true", help="replace --version if it exists")
-    export.add_argument(
+
+# --- export / verify / inspect ---
+
+
+def _add_export_arguments(parser):
+    """The arguments of `tf-fm export`."""
+    _add_run_argument(parser)
+    parser.add_argument("export_dir", help="model base directory; the version goes below it")
+    parser.add_argument("--version", type=int, help="version number (default: next free)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --version if it exists")
+    parser.add_argument(
         "--sample", nargs="+", metavar="FILE", help="rows for warm-up and checks (default: --valid)"
     )
-    verify = verb("verify", cmd_verify, "check a SavedModel the way TF Serving runs it")
-    verify.add_argument("dir", help="export base directory (latest version) or a version directory")
-    _add_data_flags(verify, required=False)
-    inspect = verb("inspect", cmd_inspect, "signatures, schema and metrics of an export or a run")
-    inspect.add_argument("dir", help="export (base or version) directory, or a run directory")
+
+
+def _add_verify_arguments(parser):
+    """The arguments of `tf-fm verify`."""
+    parser.add_argument("dir", help="export base directory (latest version) or a version directory")
+    _add_data_flags(parser, required=False)
+
+
+def _add_inspect_arguments(parser):
+    """The argument of `tf-fm inspect`."""
+    parser.add_argument("dir", help="export (base or version) directory, or a run directory")
+
+
+def build_parser():
+    """The `tf-fm` parser: one subparser per verb, its flags added by `_add_<verb>_arguments`."""
+    parser = _Parser(
+        prog="tf-fm",
+        description="Factorization Machines and DeepFM (Keras 3, TensorFlow): train, "
+        "evaluate, export for TF Serving.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tf-fm {tf_fm.__version__}")
+    _add_verbose_flag(parser)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, func, add_arguments in [
+        ("demo", cmd_demo, _add_demo_arguments),
+        ("train", cmd_train, _add_train_arguments),
+        ("evaluate", cmd_evaluate, _add_evaluate_arguments),
+        ("predict", cmd_predict, _add_predict_arguments),
+        ("explain", cmd_explain, _add_explain_arguments),
+        ("export", cmd_export, _add_export_arguments),
+        ("verify", cmd_verify, _add_verify_arguments),
+        ("inspect", cmd_inspect, _add_inspect_arguments),
+    ]:
+        help_text = _VERB_HELP[name]
+        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        _add_verbose_flag(sub)
+        sub.set_defaults(func=func)
+        add_arguments(sub)
     return parser
 
 
