@@ -2,21 +2,23 @@
 
 One random 80/20 split of `../shared/data/ml-latest-small/ratings.csv` (seed 0),
 fields user, movie (categorical, a vocabulary learned on the training rows) and
-the movie's genres (multi-valued); target the rating (regression). Three models
-on the same split and the same model inputs:
+the movie's genres (multi-valued); target the rating (`--task regression`) or
+whether it is >= 4 (`--task binary`, the probit chain; the MovieLens task of
+`quality.py`). Three models on the same split and the same model inputs:
 
 * `tf_fm.bayesian.BayesianFM`: `burn_in` + `samples` Gibbs sweeps, rank k;
-* `myfm.MyFMGibbsRegressor` (the same sweeps, rank and per-field groups, on the
-  same one-hot / multi-hot design), run in its own venv (`--myfm-python`; never a
-  tf_fm dependency): `python -m venv /tmp/bayes_bench_venv &&
-  /tmp/bayes_bench_venv/bin/pip install myfm`;
-* `tf_fm.train(model="fm", task="regression")`: the SGD FM with the package's
-  defaults (LazyAdam, early stopping); it holds out 10% of the training rows as
-  its validation set for early stopping.
+* `myfm.MyFMGibbsRegressor` / `MyFMGibbsClassifier` (the same sweeps, rank and
+  per-field groups, on the same one-hot / multi-hot design), run in its own venv
+  (`--myfm-python`; never a tf_fm dependency): `python -m venv
+  /tmp/bayes_bench_venv && /tmp/bayes_bench_venv/bin/pip install myfm`;
+* `tf_fm.train(model="fm")`: the SGD FM with the package's defaults (LazyAdam,
+  early stopping); it holds out 10% of the training rows as its validation set
+  for early stopping.
 
 Usage:
 
     python benchmarks/bayesian.py --rank 10 --samples 100 --burn-in 20 --out table.md
+    python benchmarks/bayesian.py --task binary --out binary.md
 
 The child mode (`--myfm-child DATA.npz OUT.json`) is what runs in myfm's venv: it
 imports numpy, scipy and myfm only.
@@ -81,18 +83,34 @@ def model_inputs(schema, frame):
     return {k: np.asarray(v) for k, v in preprocessor(raw_columns(frame)).items()}
 
 
+def scores(task, labels, predictions):
+    from tf_fm import metrics
+
+    if task == "regression":
+        return {"rmse": metrics.rmse(labels, predictions)}
+    return {
+        "auc": metrics.roc_auc(labels, predictions),
+        "logloss": metrics.log_loss(labels, predictions),
+    }
+
+
 def run_bayesfm(schema, train_x, train_y, test_x, test_y, args):
     from tf_fm.bayesian import BayesianFM
 
     bfm = BayesianFM(
-        schema, embedding_dim=args.rank, samples=args.samples, burn_in=args.burn_in, seed=0
+        schema,
+        embedding_dim=args.rank,
+        samples=args.samples,
+        burn_in=args.burn_in,
+        seed=0,
+        task=args.task,
     )
     start = time.perf_counter()
     model = bfm.fit(train_x, train_y)
     seconds = time.perf_counter() - start
     prediction = model.predict(test_x, batch_size=8192, verbose=0).reshape(-1)
-    rmse = float(np.sqrt(np.mean((prediction - test_y) ** 2)))
-    return {"rmse": rmse, "seconds": seconds, "sweeps": args.burn_in + args.samples}
+    sweeps = args.burn_in + args.samples
+    return {**scores(args.task, test_y, prediction), "seconds": seconds, "sweeps": sweeps}
 
 
 def design_arrays(schema, inputs):
@@ -125,14 +143,21 @@ def run_myfm(python, schema, train_x, train_y, test_x, test_y, args, workdir):
         rank=args.rank,
         n_iter=args.burn_in + args.samples,
         n_kept=args.samples,
+        binary=args.task == "binary",
     )
     out = workdir / "myfm.json"
     subprocess.run([python, __file__, "--myfm-child", str(data), str(out)], check=True)
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    prediction = np.load(workdir / "myfm_prediction.npy")
+    return {**scores(args.task, test_y, prediction), **result}
 
 
 def myfm_child(data_path, out_path):
-    """In myfm's venv: fit MyFMGibbsRegressor on the saved design, write RMSE and time."""
+    """In myfm's venv: fit MyFMGibbsRegressor / Classifier on the saved design.
+
+    Writes the fit time (OUT) and the test predictions (`myfm_prediction.npy`
+    beside it: ratings, or probabilities).
+    """
     import myfm
     import scipy.sparse as sps
 
@@ -146,7 +171,9 @@ def myfm_child(data_path, out_path):
         )
 
     x_train, x_test = matrix("train"), matrix("test")
-    model = myfm.MyFMGibbsRegressor(rank=int(data["rank"]), random_seed=0)
+    binary = bool(data["binary"])
+    learner = myfm.MyFMGibbsClassifier if binary else myfm.MyFMGibbsRegressor
+    model = learner(rank=int(data["rank"]), random_seed=0)
     start = time.perf_counter()
     model.fit(
         x_train,
@@ -156,21 +183,23 @@ def myfm_child(data_path, out_path):
         group_shapes=[int(s) for s in data["train_group_shapes"]],
     )
     seconds = time.perf_counter() - start
-    prediction = model.predict(x_test)
-    rmse = float(np.sqrt(np.mean((prediction - data["test_y"]) ** 2)))
-    result = {"rmse": rmse, "seconds": seconds, "sweeps": int(data["n_iter"])}
+    prediction = model.predict_proba(x_test) if binary else model.predict(x_test)
+    np.save(pathlib.Path(out_path).parent / "myfm_prediction.npy", prediction)
+    result = {"seconds": seconds, "sweeps": int(data["n_iter"])}
     pathlib.Path(out_path).write_text(json.dumps(result))
 
 
 def run_sgd_fm(schema, train, test, args, workdir):
-    """tf_fm.train(model="fm", task="regression") on CSV files of the same split."""
+    """tf_fm.train(model="fm") on CSV files of the same split (label: the target)."""
     import tf_fm
 
     holdout = np.random.default_rng(1).random(len(train)) < 0.1
     paths = {}
     for name, frame in (("train", train[~holdout]), ("valid", train[holdout]), ("test", test)):
         paths[name] = workdir / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
+        frame.assign(label=target(frame, args.task)).drop(columns="rating").to_csv(
+            paths[name], index=False
+        )
     start = time.perf_counter()
     run = tf_fm.train(
         str(paths["train"]),
@@ -178,8 +207,8 @@ def run_sgd_fm(schema, train, test, args, workdir):
         valid=str(paths["valid"]),
         output=workdir / "sgd_fm",
         schema=schema,
-        task="regression",
-        label="rating",
+        task=args.task,
+        label="label",
         separator="|",
         model="fm",
         embedding_dim=args.rank,
@@ -187,29 +216,41 @@ def run_sgd_fm(schema, train, test, args, workdir):
         log=lambda line: None,
     )
     seconds = time.perf_counter() - start
-    rmse = run.evaluate([str(paths["test"])]).scores["rmse"]
-    return {"rmse": float(rmse), "seconds": seconds, "epochs": run.metrics["epochs_run"]}
+    score = run.evaluate([str(paths["test"])]).scores
+    chosen = {k: float(score[k]) for k in scores(args.task, [0, 1], [0.4, 0.6])}
+    return {**chosen, "seconds": seconds, "epochs": run.metrics["epochs_run"]}
+
+
+def target(frame, task):
+    """The rating, or whether it is >= 4 (1.0 / 0.0)."""
+    rating = frame["rating"].to_numpy(np.float64)
+    return rating if task == "regression" else (rating >= 4).astype(np.float64)
 
 
 def table(results, args, rows):
+    what = "the rating" if args.task == "regression" else "rating >= 4 (probit for MCMC)"
+    names = ["test RMSE"] if args.task == "regression" else ["test AUC", "test log loss"]
+    keys = ["rmse"] if args.task == "regression" else ["auc", "logloss"]
     lines = [
         f"ml-latest-small, {rows[0]:,} train / {rows[1]:,} test ratings (random 80/20, seed 0); "
-        f"fields user, movie, genres; rank {args.rank}; MCMC: {args.burn_in} burn-in + "
-        f"{args.samples} kept sweeps.",
+        f"fields user, movie, genres; target {what}; rank {args.rank}; MCMC: "
+        f"{args.burn_in} burn-in + {args.samples} kept sweeps.",
         "",
-        "| model | test RMSE | fit seconds | per sweep (ms) |",
-        "|---|---|---|---|",
+        f"| model | {' | '.join(names)} | fit seconds | per sweep (ms) |",
+        "|---|" + "---|" * (len(names) + 2),
     ]
     for name, result in results.items():
         per = f"{1000 * result['seconds'] / result['sweeps']:.0f}" if "sweeps" in result else "-"
         extra = f" ({result['epochs']} epochs)" if "epochs" in result else ""
-        lines.append(f"| {name} | {result['rmse']:.4f} | {result['seconds']:.1f}{extra} | {per} |")
+        values = " | ".join(f"{result[k]:.4f}" for k in keys)
+        lines.append(f"| {name} | {values} | {result['seconds']:.1f}{extra} | {per} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=None, help="ml-latest-small folder")
+    parser.add_argument("--task", choices=["regression", "binary"], default="regression")
     parser.add_argument("--rank", type=int, default=10)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--burn-in", type=int, default=20)
@@ -229,8 +270,7 @@ def main(argv=None):
     train, test = load_split(data_dir)
     schema = schema_of(train)
     train_x, test_x = model_inputs(schema, train), model_inputs(schema, test)
-    train_y = train["rating"].to_numpy(np.float64)
-    test_y = test["rating"].to_numpy(np.float64)
+    train_y, test_y = target(train, args.task), target(test, args.task)
     results = {
         "tf_fm BayesianFM (MCMC)": run_bayesfm(schema, train_x, train_y, test_x, test_y, args)
     }
@@ -238,7 +278,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         workdir = pathlib.Path(tmp)
         if "myfm" not in args.skip:
-            results["myfm 0.4 MyFMGibbsRegressor"] = run_myfm(
+            learner = "Regressor" if args.task == "regression" else "Classifier"
+            results[f"myfm 0.4 MyFMGibbs{learner}"] = run_myfm(
                 args.myfm_python, schema, train_x, train_y, test_x, test_y, args, workdir
             )
             print(results, flush=True)

@@ -356,7 +356,6 @@ def test_train_bayesfm_is_the_chain_on_the_runs_schema(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "model bayesfm: task='regression' only"),
         (["--task", "regression", "--samples", "0"], "samples must be >= 1"),
     ],
 )

@@ -27,6 +27,7 @@ _EXPORTS = {
     "FFMInteraction": "tf_fm.layers",
     "GlobalBias": "tf_fm.layers",
     "PredictionHead": "tf_fm.layers",
+    "ProbitAverage": "tf_fm.layers",
     "FM": "tf_fm.models",
     "DeepFM": "tf_fm.models",
     "HOFM": "tf_fm.models",

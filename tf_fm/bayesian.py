@@ -69,7 +69,7 @@ import tensorflow as tf
 from tf_fm import metrics as metrics_lib
 from tf_fm import models as models_lib
 from tf_fm.features import PADDING_ID, field_config, weights_input_name
-from tf_fm.layers import FieldEmbedding
+from tf_fm.layers import FieldEmbedding, FMInteraction, PredictionHead, ProbitAverage
 from tf_fm.schema import FeatureSchema
 
 # libFM's and myfm's practice: 100 sweeps; the first ones are discarded.
@@ -99,6 +99,40 @@ class Draws:
     def gamma(self, shape: np.ndarray) -> np.ndarray:
         """One Gamma(shape_j, rate 1) draw per entry of `shape`, float64."""
         return self._rng.standard_gamma(np.asarray(shape, dtype=np.float64))
+
+    def uniform(self, size: int) -> np.ndarray:
+        """`size` independent uniform draws in (0, 1], float64."""
+        return 1.0 - self._rng.random(size)
+
+
+# === The probit link: the standard normal CDF and its inverse, in float64 ===
+
+
+def normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Phi(x), accurate in both tails (`erfc`), float64."""
+    x = tf.constant(np.asarray(x, np.float64))
+    return (0.5 * tf.math.erfc(-x / np.sqrt(2.0))).numpy()
+
+
+def normal_quantile(p: np.ndarray) -> np.ndarray:
+    """Phi^-1(p) for p in (0, 1], float64."""
+    return tf.math.ndtri(tf.constant(np.asarray(p, np.float64))).numpy()
+
+
+def truncated_normal(mean: np.ndarray, positive: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """z ~ N(mean, 1) conditioned on z > 0 where `positive`, z <= 0 elsewhere, by inversion.
+
+    With u uniform in (0, 1]: above 0, the upper tail P(z' > z) = u P(z' > 0),
+    z = mean - Phi^-1(u Phi(mean)); below, the lower tail P(z' <= z) =
+    u P(z' <= 0), z = mean + Phi^-1(u Phi(-mean)). Both are exact in the far
+    tails (the products stay representable down to Phi ~ 1e-308); the sign
+    is then enforced for |mean| > 37, where Phi underflows to 0.
+    """
+    sign = np.where(positive, 1.0, -1.0)
+    tail = normal_quantile(u * normal_cdf(sign * mean))
+    z = mean - sign * tail
+    tiny = np.finfo(np.float64).tiny
+    return np.where(positive, np.maximum(z, tiny), np.minimum(z, 0.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,25 +410,36 @@ def _groups(fields):
 
 
 class GibbsSampler:
-    """The Gibbs chain of a Bayesian FM on one training set (regression).
+    """The Gibbs chain of a Bayesian FM on one training set (regression or probit).
 
     Holds the parameters (`w0`, `w (rows,)`, `v (k, rows)`), the
     hyperparameters (`alpha`, `mu_w`, `lambda_w (G,)`, `mu_v`, `lambda_v
     (k, G)`) and the caches `e (n,)` = y - yhat and `q (k, n)`; `sweep()`
     draws each of them once, in the order of the module's draw schedule.
 
+    With `task="binary"` the likelihood is the probit P(label = 1) =
+    Phi(yhat) (Albert and Chib 1993, as libFM's and myfm's classification):
+    `y` holds the latent z ~ N(yhat, 1), positive exactly for the label-1
+    rows, drawn first in each sweep (`uniform(n)` in the draw schedule,
+    instead of alpha's `gamma(1)`); alpha stays 1, and every other draw is
+    the regression's on z.
+
     Args:
         layout: an (unbuilt) `FieldEmbedding`: fields, row offsets, rows.
         inputs: dict of model inputs (numpy), as `FieldEmbedding` reads them.
-        y: `(n,)` targets.
+        y: `(n,)` targets (binary: labels 0 / 1).
         embedding_dim: int. Factor size k.
         priors: `Priors`.
         draws: `Draws`.
+        task: `"regression"` or `"binary"`. Defaults to `"regression"`.
     """
 
-    def __init__(self, layout, inputs, y, embedding_dim, priors, draws):
+    def __init__(self, layout, inputs, y, embedding_dim, priors, draws, task="regression"):
         self.layout, self.k, self.priors, self.draws = layout, embedding_dim, priors, draws
-        self.y = np.asarray(y, np.float64)
+        self.task = task
+        self.labels = np.asarray(y, np.float64)
+        # The target the Gaussian draws fit: y (regression), the latent z (binary, probit).
+        self.y = self.labels.copy() if task == "regression" else np.zeros_like(self.labels)
         self.slots = _design(layout, inputs, "BayesianFM.fit")
         if len(self.y) != len(self.slots[0].rows):
             raise ValueError(
@@ -463,6 +508,12 @@ class GibbsSampler:
         shape = (p.alpha_0 + len(self.y)) / 2
         rate = (p.beta_0 + np.dot(self.e, self.e)) / 2
         self.alpha = float(self.draws.gamma([shape])[0] / rate)
+
+    def _draw_latent(self):
+        """Probit: z_i ~ N(yhat_i, 1) truncated to the side of 0 its label says (alpha = 1)."""
+        yhat = self.y - self.e
+        self.y = truncated_normal(yhat, self.labels > 0.5, self.draws.uniform(len(self.y)))
+        self.e = self.y - yhat
 
     def _draw_w0(self):
         precision = self.alpha * len(self.y) + self.priors.w0_precision
@@ -537,8 +588,11 @@ class GibbsSampler:
         self._subtract(qf, block, -delta if block.x is None else -delta * block.x)
 
     def sweep(self):
-        """One Gibbs sweep over all hyperparameters and parameters."""
-        self._draw_alpha()
+        """One Gibbs sweep: alpha (regression) or the latent z (binary), then the rest."""
+        if self.task == "binary":
+            self._draw_latent()
+        else:
+            self._draw_alpha()
         self._draw_w0()
         self._draw_hyper(self.w, self.mu_w, self.lambda_w)
         for block in self.blocks:
@@ -599,15 +653,73 @@ def posterior_mean_model(
     return model
 
 
+def _field_dicts(fields):
+    if isinstance(fields, FeatureSchema):
+        return fields.fields()
+    return [field_config(f) for f in fields]
+
+
+def probit_average_model(
+    fields: Sequence,
+    samples: Sequence[Sample],
+    out_of_range: str = "error",
+    name: str = "bayesfm",
+) -> keras.Model:
+    """The probit posterior predictive (1/S) sum_s Phi(FM_s(x)) as one Keras model.
+
+    An average of probabilities is not one FM, so the S samples stay side
+    by side: a `FieldEmbedding` ("field_embedding") of width k*S holds their
+    factors (sample s in columns s*k .. (s+1)*k - 1; its own w column is 0),
+    a second one ("sample_linear") of width S their first-order weights
+    (column s: sample s's w); `FMInteraction(reduce_sum=False)` gives each
+    factor's pairwise term, and `ProbitAverage` adds the per-sample biases
+    and returns the logit of the average probability, which the
+    `PredictionHead("binary")` ("probability") turns back into it. Both
+    tables have the layout of `FieldEmbedding(fields)`.
+
+    Args:
+        fields, samples, out_of_range, name: as `posterior_mean_model`.
+
+    Returns:
+        A functional `keras.Model`, task binary (output `probability`).
+    """
+    if not samples:
+        raise ValueError("probit_average_model: no samples.")
+    s, k = len(samples), samples[0].v.shape[1]
+    field_dicts = _field_dicts(fields)
+    inputs = models_lib.model_inputs(field_dicts)
+    factors = FieldEmbedding(
+        field_dicts, k * s, out_of_range, embeddings_l2=0.0, linear_l2=0.0, name="field_embedding"
+    )
+    linear = FieldEmbedding(
+        field_dicts, s, out_of_range, embeddings_l2=0.0, linear_l2=0.0, name="sample_linear"
+    )
+    embedded = factors(inputs)
+    pairwise = FMInteraction(reduce_sum=False, name="fm_interaction")(
+        [embedded["embeddings"], embedded["squared_embeddings"]]
+    )
+    average = ProbitAverage(s, name="logit")
+    logit = average([pairwise, linear(inputs)["embeddings"]])
+    model = keras.Model(inputs, PredictionHead("binary", name="probability")(logit), name=name)
+    rows = factors.total_rows
+    factors.set_table(np.concatenate([sample.v for sample in samples], axis=1), np.zeros(rows))
+    linear.set_table(np.stack([sample.w for sample in samples], axis=1), np.zeros(rows))
+    average.bias.assign(np.array([sample.w0 for sample in samples], np.float32))
+    return model
+
+
 class BayesianFM:
-    """A Factorization Machine trained by Gibbs sampling (MCMC), regression.
+    """A Factorization Machine trained by Gibbs sampling (MCMC): regression or probit.
 
     libFM's `-method mcmc`: hierarchical Gaussian priors on w0, w and V with
     per-field normal-gamma hyperpriors and a Gamma prior on the noise
     precision, every parameter drawn from its closed-form conditional (see
     the module docstring), whole blocks of conditionally independent
     parameters at once. The prediction is the average over the `samples`
-    sweeps after `burn_in`, exported as one `tf_fm.FM` model.
+    sweeps after `burn_in`: for regression exported as one `tf_fm.FM`
+    model (`posterior_mean_model`); for `task="binary"` (the probit
+    likelihood P(y = 1) = Phi(FM(x)), libFM's and myfm's classification)
+    the average of the samples' probabilities (`probit_average_model`).
 
     Args:
         fields: an adapted `FeatureSchema` or the features / field dicts
@@ -619,11 +731,15 @@ class BayesianFM:
         out_of_range: `"error"` or `"oov"`, as in `FieldEmbedding`.
             Defaults to `"error"`.
         seed: int. Seed of the chain (`Draws(seed)`). Defaults to 0.
+        task: `"regression"` or `"binary"` (labels 0 / 1, probit).
+            Defaults to `"regression"`.
 
     Attributes:
         history: after `fit`, per sweep: `"rmse"` (training rows),
             `"val_rmse"` (with validation data) of the running posterior
-            mean (the current sample during burn-in), and `"alpha"`.
+            mean (the current sample during burn-in), and `"alpha"`; binary:
+            `"auc"`, `"logloss"` and `"val_auc"`, `"val_logloss"` of the
+            running mean probability.
         samples_: after `fit`, the kept `Sample`s.
 
     Example:
@@ -646,7 +762,10 @@ class BayesianFM:
         priors: Priors | None = None,
         out_of_range: str = "error",
         seed: int = 0,
+        task: str = "regression",
     ):
+        if task not in ("regression", "binary"):
+            raise ValueError(f"`task` must be 'regression' or 'binary'. Received: task={task!r}")
         for arg, value, low in (
             ("embedding_dim", embedding_dim, 1),
             ("samples", samples, 1),
@@ -655,11 +774,7 @@ class BayesianFM:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"`{arg}` must be an integer >= {low}. Received: {arg}={value!r}")
         self.fields = fields
-        field_dicts = (
-            fields.fields()
-            if isinstance(fields, FeatureSchema)
-            else [field_config(f) for f in fields]
-        )
+        field_dicts = _field_dicts(fields)
         shared = [f["name"] for f in field_dicts if "table" in f]
         if shared:
             raise ValueError(
@@ -673,6 +788,7 @@ class BayesianFM:
         self.priors = priors or Priors()
         self.out_of_range = out_of_range
         self.seed = seed
+        self.task = task
         self.history = {}
         self.samples_ = []
         self.sampler = None
@@ -702,9 +818,11 @@ class BayesianFM:
             The `tf_fm.FM` model (task regression, embedding size
             `embedding_dim * samples`).
         """
-        inputs, labels = _to_numpy(x, y, "BayesianFM.fit")
+        inputs, labels = self._labelled(x, y, "BayesianFM.fit")
         draws = draws or Draws(self.seed)
-        sampler = GibbsSampler(self.layout, inputs, labels, self.embedding_dim, self.priors, draws)
+        sampler = GibbsSampler(
+            self.layout, inputs, labels, self.embedding_dim, self.priors, draws, self.task
+        )
         self.sampler = sampler
         valid = None
         if validation_data is not None:
@@ -713,21 +831,43 @@ class BayesianFM:
                 if isinstance(validation_data, tf.data.Dataset)
                 else validation_data
             )
-            valid_inputs, valid_labels = _to_numpy(valid_x, valid_y, "validation_data")
+            valid_inputs, valid_labels = self._labelled(valid_x, valid_y, "validation_data")
             valid = (_design(self.layout, valid_inputs, "validation_data"), valid_labels)
         self.history, self.samples_ = self._run(sampler, valid, log, log_every)
+        if self.task == "binary":
+            return probit_average_model(self.fields, self.samples_, self.out_of_range)
         return posterior_mean_model(self.fields, self.samples_, self.out_of_range)
 
+    def _labelled(self, x, y, what):
+        inputs, labels = _to_numpy(x, y, what)
+        if self.task == "binary" and not np.all((labels == 0) | (labels == 1)):
+            bad = int(np.flatnonzero((labels != 0) & (labels != 1))[0])
+            raise ValueError(
+                f"{what}: label of row {bad} is {labels[bad]}; task='binary' needs 0 / 1."
+            )
+        return inputs, labels
+
+    def _scores(self, labels, predictions, prefix=""):
+        """This sweep's metrics of the running predictions (probabilities for binary)."""
+        if self.task == "regression":
+            return {f"{prefix}rmse": metrics_lib.rmse(labels, predictions)}
+        return {
+            f"{prefix}auc": metrics_lib.roc_auc(labels, predictions),
+            f"{prefix}logloss": metrics_lib.log_loss(labels, predictions),
+        }
+
+    def _prediction(self, latent):
+        """What is averaged over the samples: the FM (regression) or Phi(FM) (probit)."""
+        return latent if self.task == "regression" else normal_cdf(latent)
+
     def _run(self, sampler, valid, log, log_every):
-        history = {"rmse": [], "alpha": []}
-        if valid is not None:
-            history["val_rmse"] = []
+        history = {}
         kept, train_sum, valid_sum = [], 0.0, 0.0
         total = self.burn_in + self.samples
         for sweep in range(total):
             sampler.sweep()
-            train_pred = sampler.y - sampler.e
-            valid_pred = sampler.predict(valid[0]) if valid is not None else None
+            train_pred = self._prediction(sampler.y - sampler.e)
+            valid_pred = None if valid is None else self._prediction(sampler.predict(valid[0]))
             if sweep >= self.burn_in:
                 kept.append(sampler.sample())
                 train_sum = train_sum + train_pred
@@ -735,12 +875,15 @@ class BayesianFM:
                 if valid is not None:
                     valid_sum = valid_sum + valid_pred
                     valid_pred = valid_sum / len(kept)
-            history["rmse"].append(metrics_lib.rmse(sampler.y, train_pred))
-            history["alpha"].append(sampler.alpha)
+            logs = self._scores(sampler.labels, train_pred)
+            if self.task == "regression":
+                logs["alpha"] = sampler.alpha
             if valid is not None:
-                history["val_rmse"].append(metrics_lib.rmse(valid[1], valid_pred))
+                logs.update(self._scores(valid[1], valid_pred, "val_"))
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
             if log is not None and ((sweep + 1) % log_every == 0 or sweep + 1 == total):
-                logs = ", ".join(f"{key} {values[-1]:.4f}" for key, values in history.items())
+                shown = ", ".join(f"{key} {values[-1]:.4f}" for key, values in history.items())
                 phase = "burn-in" if sweep < self.burn_in else f"{len(kept)} samples"
-                log(f"  sweep {sweep + 1}/{total} ({phase}): {logs}")
+                log(f"  sweep {sweep + 1}/{total} ({phase}): {shown}")
         return history, kept

@@ -493,7 +493,8 @@ def _add_train_model_flags(group):
         help="fm: Factorization Machine; deepfm: FM + DNN on the same embeddings; hofm: "
         "higher-order FM (--order); fwfm: field-weighted FM; ffm: field-aware FM (a vector "
         "per feature and field: F times an FM's table); nfm: neural FM; bayesfm: an FM sampled "
-        "by MCMC as libFM's -method mcmc (--task regression; --samples, --burn-in) "
+        "by MCMC as libFM's -method mcmc (regression, or probit for binary; --samples, "
+        "--burn-in) "
         "(default: deepfm)",
     )
     group.add_argument(

@@ -165,7 +165,7 @@ class ModelOptions:
     Args:
         model: `"fm"`, `"deepfm"`, `"hofm"`, `"fwfm"`, `"ffm"`, `"nfm"` or
             `"bayesfm"` (`tf_fm.bayesian.BayesianFM`: an FM sampled by MCMC,
-            task regression, one process). Defaults to `"deepfm"`.
+            regression or probit, one process). Defaults to `"deepfm"`.
         embedding_dim: int. Factor size k. Defaults to 10.
         dnn_units: sequence of int or None. Hidden layers of DeepFM / NFM;
             None takes the builder's default (DeepFM 400-400-400, NFM 64).
@@ -1025,7 +1025,9 @@ def _trained_model(
             "kept sweeps (a chain from scratch on every run) ..."
         )
         train_data = pipeline(files, shuffle=False)  # read once, in order
-        return _sample_bayesian(model_options, schema, train_data, valid_data, settings, out, log)
+        return _sample_bayesian(
+            model_options, schema, train_data, valid_data, settings, task, out, log
+        )
     log(f"Training {model_options.model} for at most {settings.epochs} epochs ...")
     if distribution is None:
         keras_model = model_options.build(schema, task)
@@ -1046,11 +1048,11 @@ def _trained_model(
 
 
 def _check_bayesian(model_options, task, cluster, warm):
-    """`bayesfm` samples a regression FM in one process, from scratch."""
+    """`bayesfm` samples an FM (regression or probit) in one process, from scratch."""
+    del task  # both tasks are sampled
     if model_options.model != "bayesfm":
         return
     for wrong, why in (
-        (task != "regression", "task='regression' only (the binary, probit sampler is not there)"),
         (cluster is not None, "one process (no cluster)"),
         (warm is not None, "a chain from scratch (no warm_start)"),
     ):
@@ -1058,7 +1060,7 @@ def _check_bayesian(model_options, task, cluster, warm):
             raise UsageError(f"model bayesfm: {why}")
 
 
-def _sample_bayesian(model_options, schema, train_data, valid_data, settings, out, log):
+def _sample_bayesian(model_options, schema, train_data, valid_data, settings, task, out, log):
     """Runs `BayesianFM`'s chain; its posterior-mean FM and per-sweep history (history.json)."""
     sampler = bayesian_lib.BayesianFM(
         schema,
@@ -1066,6 +1068,7 @@ def _sample_bayesian(model_options, schema, train_data, valid_data, settings, ou
         samples=model_options.samples,
         burn_in=model_options.burn_in,
         seed=settings.seed,
+        task=task,
     )
     model = sampler.fit(train_data, validation_data=valid_data, log=log)
     history = {k: [float(v) for v in values] for k, values in sampler.history.items()}

@@ -7,6 +7,7 @@ from tf_fm.layers.fm_interaction import FMInteraction
 from tf_fm.layers.fwfm_interaction import FwFMInteraction
 from tf_fm.layers.global_bias import GlobalBias
 from tf_fm.layers.prediction_head import PredictionHead
+from tf_fm.layers.probit_average import ProbitAverage
 
 __all__ = [
     "AnovaInteraction",
@@ -16,4 +17,5 @@ __all__ = [
     "FwFMInteraction",
     "GlobalBias",
     "PredictionHead",
+    "ProbitAverage",
 ]
