@@ -35,8 +35,6 @@ import time
 
 import numpy as np
 
-FIELDS = ("user", "movie", "genres")
-
 
 def load_split(data_dir, seed=0, test_fraction=0.2):
     """(train, test) pandas frames with user, movie, genres, rating."""
@@ -114,17 +112,26 @@ def run_bayesfm(schema, train_x, train_y, test_x, test_y, args):
 
 
 def design_arrays(schema, inputs):
-    """CSR parts of the one-hot (user, movie) + multi-hot (genres) design, column offsets."""
-    sizes = [schema.field(name)["vocabulary_size"] for name in FIELDS]
+    """CSR parts of the one-hot / multi-hot design of the schema's fields, column offsets.
+
+    A categorical field is one column per id; a multi-valued field one per id
+    of its rows (padding left out), valued by its weights when it has them.
+    """
+    fields = schema.fields()
+    sizes = [f["vocabulary_size"] for f in fields]
     offsets = np.cumsum([0, *sizes[:-1]])
-    n = len(inputs["user"])
-    columns = [inputs["user"][:, None] + offsets[0], inputs["movie"][:, None] + offsets[1]]
-    genres = inputs["genres"]
-    columns.append(np.where(genres >= 0, genres + offsets[2], -1))
-    ids = np.concatenate(columns, axis=1)
+    n = len(inputs[fields[0]["name"]])
+    columns, values = [], []
+    for field, offset in zip(fields, offsets, strict=True):
+        ids = np.asarray(inputs[field["name"]]).reshape(n, -1)
+        columns.append(np.where(ids >= 0, ids + offset, -1))
+        weights = inputs.get(f"{field['name']}_weights")
+        values.append(np.ones(ids.shape) if weights is None else np.asarray(weights))
+    ids, values = np.concatenate(columns, axis=1), np.concatenate(values, axis=1)
     mask = ids >= 0
     return {
         "indices": ids[mask],
+        "values": values[mask].astype(np.float64),
         "indptr": np.concatenate([[0], np.cumsum(mask.sum(axis=1))]),
         "shape": np.array([n, sum(sizes)]),
         "group_shapes": np.array(sizes),
@@ -166,7 +173,7 @@ def myfm_child(data_path, out_path):
     def matrix(prefix):
         indices = data[f"{prefix}_indices"]
         return sps.csr_matrix(
-            (np.ones(len(indices)), indices, data[f"{prefix}_indptr"]),
+            (data[f"{prefix}_values"], indices, data[f"{prefix}_indptr"]),
             shape=tuple(data[f"{prefix}_shape"]),
         )
 
