@@ -128,10 +128,17 @@ class ReferenceSampler:
             mu[gi] = mean + self.replay.normal() / np.sqrt(scale * lam[gi])
 
     def sweep(self):
+        self.draw_noise()
+        self.draw_parameters()
+
+    def draw_noise(self):
         p, n = self.p, len(self.y)
         e = self.residual()
         rate = (p.beta_0 + np.sum(e**2)) / 2
         self.alpha = self.replay.gamma((p.alpha_0 + n) / 2) / rate
+
+    def draw_parameters(self):
+        p, n = self.p, len(self.y)
         self.w0 = self.draw_gaussian(np.ones(n), self.w0, 0.0, p.w0_precision)
         self.draw_hyper(self.w, self.mu_w, self.lambda_w)
         for row in self.order:

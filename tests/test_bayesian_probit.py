@@ -69,7 +69,7 @@ class ProbitReference(ReferenceSampler):
         super().__init__(x, np.zeros(len(labels)), *args)
         self.labels, self.uniforms = labels, iter(uniforms)
 
-    def sweep(self):
+    def draw_noise(self):
         yhat = naive_fm(self.x, self.w0, self.w, self.v)
         u = next(self.uniforms)
         for i, (mean, label) in enumerate(zip(yhat, self.labels, strict=True)):
@@ -78,23 +78,6 @@ class ProbitReference(ReferenceSampler):
             else:
                 self.y[i] = stats.truncnorm(-np.inf, -mean, loc=mean).ppf(u[i])
         self.alpha = 1.0
-        p, n = self.p, len(self.y)
-        self.w0 = self.draw_gaussian(np.ones(n), self.w0, 0.0, p.w0_precision)
-        self.draw_hyper(self.w, self.mu_w, self.lambda_w)
-        for row in self.order:
-            g = self.group_of[row]
-            self.w[row] = self.draw_gaussian(
-                self.x[:, row], self.w[row], self.mu_w[g], self.lambda_w[g]
-            )
-        for f in range(self.k):
-            self.draw_hyper(self.v[:, f], self.mu_v[f], self.lambda_v[f])
-            for row in self.order:
-                g = self.group_of[row]
-                others = self.x @ self.v[:, f] - self.x[:, row] * self.v[row, f]
-                h = self.x[:, row] * others
-                self.v[row, f] = self.draw_gaussian(
-                    h, self.v[row, f], self.mu_v[f, g], self.lambda_v[f, g]
-                )
 
 
 def test_blocked_probit_chain_equals_coordinate_wise_reference():
