@@ -184,6 +184,18 @@ def tiny_problem(n=30, seed=3):
     return features, inputs, y
 
 
+def tiny_reference_design(layout, inputs, n):
+    """The reference's own design and groups of `tiny_problem`.
+
+    One group per field, the two numeric fields (age, price) together.
+    """
+    fields, offsets = layout.fields, layout.offsets
+    x = dense_design(fields, offsets, layout.total_rows, inputs, n)
+    sizes = [1 if f["kind"] == "numeric" else f["vocabulary_size"] for f in fields]
+    rows = [list(range(o, o + s)) for o, s in zip(offsets, sizes, strict=True)]
+    return x, [rows[0], rows[1], rows[2] + rows[3], rows[4]]
+
+
 def test_blocked_chain_equals_coordinate_wise_reference():
     features, inputs, y = tiny_problem()
     k, priors = 3, Priors(w0_precision=0.5, gamma_0=2.0, mu_0=0.1)
@@ -191,12 +203,8 @@ def test_blocked_chain_equals_coordinate_wise_reference():
     recording = RecordingDraws(seed=11)
     sampler = GibbsSampler(layout, inputs, y, k, priors, recording)
 
-    # The reference's own design and groups: one group per field, numeric fields together.
-    fields, offsets = layout.fields, layout.offsets
-    x = dense_design(fields, offsets, layout.total_rows, inputs, len(y))
-    sizes = [1 if f["kind"] == "numeric" else f["vocabulary_size"] for f in fields]
-    field_rows = [list(range(o, o + s)) for o, s in zip(offsets, sizes, strict=True)]
-    groups = [field_rows[0], field_rows[1], field_rows[2] + field_rows[3], field_rows[4]]
+    x, groups = tiny_reference_design(layout, inputs, len(y))
+    fields = layout.fields
     # item (out_of_range="oov") has an OOV row 4 that no row uses: drawn from its prior.
     order = [int(r) for block in sampler.blocks for r in block.params]
     assert sorted(order) == sorted(r for rows in groups for r in rows)  # each param once
@@ -325,17 +333,25 @@ def test_priors_are_validated():
         Priors(beta_0=0.0)
 
 
-def _rating_csv(path, n, seed):
-    """Ratings from users and items with a known low-rank structure, as a CSV."""
+def low_rank_csv(path, n, seed, label):
+    """Rows of users and items with a known low-rank structure, as a CSV.
+
+    `label(signal, rng)` turns the rows' user x item signal into their labels.
+    """
     rng = np.random.default_rng(seed)
     users, items = rng.integers(0, 40, n), rng.integers(0, 60, n)
     u, v = np.random.default_rng(0).normal(size=(2, 60, 3))
-    rating = 3 + (u[users] * v[items]).sum(1) + rng.normal(0, 0.3, n)
+    labels = label((u[users] * v[items]).sum(1), rng)
     lines = ["label,user,item"] + [
-        f"{r:.3f},u{a},i{b}" for r, a, b in zip(rating, users, items, strict=True)
+        f"{y:.3f},u{a},i{b}" for y, a, b in zip(labels, users, items, strict=True)
     ]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
+
+
+def _rating_csv(path, n, seed):
+    """Ratings: 3 + the signal + noise of sd 0.3."""
+    return low_rank_csv(path, n, seed, lambda signal, rng: 3 + signal + rng.normal(0, 0.3, n))
 
 
 def test_train_bayesfm_is_the_chain_on_the_runs_schema(tmp_path):

@@ -13,8 +13,10 @@ from test_bayesian import (
     ReferenceSampler,
     Replay,
     dense_design,
+    low_rank_csv,
     naive_fm,
     tiny_problem,
+    tiny_reference_design,
 )
 
 import tf_fm
@@ -92,11 +94,7 @@ def test_blocked_probit_chain_equals_coordinate_wise_reference():
     assert len(recording.uniforms) == 3  # one latent draw per sweep ...
     assert (priors.alpha_0 + len(y)) / 2 not in recording.shapes  # ... and no alpha draw
 
-    fields, offsets = layout.fields, layout.offsets
-    x = dense_design(fields, offsets, layout.total_rows, inputs, len(y))
-    sizes = [1 if f["kind"] == "numeric" else f["vocabulary_size"] for f in fields]
-    rows = [list(range(o, o + s)) for o, s in zip(offsets, sizes, strict=True)]
-    groups = [rows[0], rows[1], rows[2] + rows[3], rows[4]]
+    x, groups = tiny_reference_design(layout, inputs, len(y))
     order = [int(r) for block in sampler.blocks for r in block.params]
     reference = ProbitReference(
         x, labels, k, groups, order, priors, Replay(recording), uniforms=recording.uniforms
@@ -197,16 +195,12 @@ def test_binary_chain_refuses_labels_other_than_0_and_1():
 
 
 def _clicks_csv(path, n, seed):
-    """Clicks of a probit with a low-rank user x item structure, as a CSV."""
-    rng = np.random.default_rng(seed)
-    users, items = rng.integers(0, 40, n), rng.integers(0, 60, n)
-    u, v = np.random.default_rng(0).normal(size=(2, 60, 3))
-    latent = (u[users] * v[items]).sum(1) - 0.5 + rng.normal(size=n)
-    lines = ["label,user,item"] + [
-        f"{int(t > 0)},u{a},i{b}" for t, a, b in zip(latent, users, items, strict=True)
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+    """Clicks of a probit: the user x item signal - 0.5 + N(0, 1) > 0."""
+
+    def clicks(signal, rng):
+        return (signal - 0.5 + rng.normal(size=n) > 0).astype(float)
+
+    return low_rank_csv(path, n, seed, clicks)
 
 
 def test_train_binary_bayesfm_exports_verified(tmp_path):

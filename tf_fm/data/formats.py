@@ -392,11 +392,11 @@ def infer_format_schema(
             label="click",
         )
     if spec.format == "libffm":
-        fields = scan_libffm_fields(files)
+        stats = scan_libsvm(files, ffm=True)
+        fields = scan_libffm_fields(files, num_fields=stats.max_field + 1)
         if not fields:
             raise UsageError(f"no libFFM entry (field:idx:val) found in {', '.join(files)}")
-        num_ids = scan_libsvm(files, ffm=True).max_index + 1
-        schema = schema_lib.FeatureSchema(libffm_features(fields, num_ids))
+        schema = schema_lib.FeatureSchema(libffm_features(fields, stats.max_index + 1))
         fit_spec_to_schema(spec, schema)
         return schema
     if spec.format == "libsvm":

@@ -13,10 +13,11 @@ are kept as written (0- or 1-based).
 import warnings
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tf_fm.data import text
-from tf_fm.features import MultiValuedFeature
+from tf_fm.features import MultiValuedFeature, weights_input_name
 
 _MAX_DIGITS = 15  # exact in float64
 _NO_TOKEN = 2**31 - 1
@@ -74,10 +75,8 @@ class _FieldLayout:
         for slot, f in enumerate(self.fields):
             slot_of[f.field] = slot
         self.slot_of = tf.constant(slot_of, tf.int64)
-        starts = [0]
-        for n in self.lengths[:-1]:
-            starts.append(starts[-1] + n)
-        self.starts = tf.constant(starts, tf.int64)
+        self.length_of = tf.constant(self.lengths, tf.int64)
+        self.starts = tf.constant(np.cumsum([0, *self.lengths[:-1]]), tf.int64)
         self.width = sum(self.lengths)
 
     def slots(self, fields):
@@ -91,7 +90,7 @@ class _FieldLayout:
         slot, known = self.slots(fields)
         rows = tf.ragged.row_splits_to_segment_ids(splits, out_type=tf.int64)
         position = _rank_in_group(rows * len(self.fields) + slot)  # p-th entry of its field
-        fits = known & (position < tf.gather(tf.constant(self.lengths, tf.int64), slot))
+        fits = known & (position < tf.gather(self.length_of, slot))
         num_rows = tf.size(splits, out_type=tf.int64) - 1
         misfits = tf.math.unsorted_segment_sum(tf.cast(~fits, tf.int64), rows, num_rows)
         column = tf.gather(self.starts, slot) + position
@@ -111,7 +110,7 @@ class _FieldLayout:
             self.fields, block(ids, -1), block(values, 0.0), strict=True
         ):
             features[f.name] = id_block
-            features[f"{f.name}_weights"] = value_block
+            features[weights_input_name(f.name)] = value_block
         return features, misfits == 0
 
     def reasons(self, splits, fields):
@@ -330,14 +329,19 @@ def scan_libsvm(paths, *, ffm=False, compression_type=None):
     return LibSVMStats(*(int(x) for x in result))
 
 
-def scan_libffm_fields(paths, *, compression_type=None) -> list[LibFFMField]:
+def scan_libffm_fields(
+    paths, *, num_fields: int | None = None, compression_type=None
+) -> list[LibFFMField]:
     """Scans libFFM files: each field that has an entry, and its most entries in a row.
 
     Well-formed lines only (as `scan_libsvm`); the result is in field order.
+    `num_fields` (`scan_libsvm(...).max_field + 1`, when the caller has it)
+    saves the pass that finds it.
     """
     files = text.resolve_paths(paths)
     compression = text.compression_of(files, compression_type)
-    num_fields = scan_libsvm(files, ffm=True, compression_type=compression).max_field + 1
+    if num_fields is None:
+        num_fields = scan_libsvm(files, ffm=True, compression_type=compression).max_field + 1
     if num_fields <= 0:
         return []
     parser = _SparseParser(True)
