@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_fm import training
+from tf_fm import models, training
 from tf_fm.data import make_fm_data
 from tf_fm.distributed import cluster as cluster_lib
 from tf_fm.distributed import loop
@@ -177,6 +177,41 @@ def test_loop_under_the_default_strategy_matches_model_fit(tmp_path):
         np.testing.assert_allclose(got, want, atol=2e-5)
     # The epoch's checkpoint is one the run recognises as resumable.
     assert training.has_backup(tmp_path / "backup")
+
+
+def test_a_resumed_loop_stops_on_the_epoch_and_weights_of_an_uninterrupted_one(tmp_path):
+    train, valid = make_fm_data(n_train=2048, n_test=1024, multivalued_size=0, seed=5)
+    options = training.ModelOptions(model="fm", embedding_dim=4, learning_rate=0.05)
+
+    def run(epochs, out, resuming=False):
+        keras.utils.set_random_seed(0)
+        return loop.fit(
+            lambda: options.build(train.fields, "binary"),
+            lambda context: train.dataset(256, shuffle=False),
+            lambda context: valid.dataset(1024, shuffle=False),
+            strategy=tf.distribute.get_strategy(),
+            settings=training.TrainSettings(epochs=epochs, batch_size=256, patience=2),
+            out=out,
+            checkpoint_dir=out / "backup",
+            resuming=resuming,
+            task="binary",
+            log=lambda line: None,
+        )
+
+    straight, history = run(40, tmp_path / "straight")
+    monitor = models.weighted_sum(history)  # BARS' monitor, epoch by epoch
+    best = int(np.argmax(monitor))
+    assert best < len(monitor) - 1 < 39  # stopped by patience, not on its best epoch
+    # What a kill after the checkpoint of the first epoch without improvement
+    # leaves: that epoch's checkpoint, with the callbacks' state beside it.
+    run(best + 2, tmp_path / "resumed")
+    assert [p.name for p in (tmp_path / "resumed" / "backup").glob("callbacks-*")] == [
+        f"callbacks-{best + 2}"
+    ]
+    resumed, resumed_history = run(40, tmp_path / "resumed", resuming=True)
+    assert len(resumed_history["loss"]) == len(monitor)
+    for got, want in zip(resumed.get_weights(), straight.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, atol=2e-5)  # the best epoch's
 
 
 # === tf-fm train --cluster local:2 ===

@@ -10,7 +10,8 @@ before Keras reads it:
 
     backup_dir/
       current          the name of the last committed state (atomic replace)
-      state-<epoch>/   a complete copy of Keras' files after that epoch
+      state-<epoch>/   a complete copy of Keras' files after that epoch, and
+        callbacks/     the state of the callbacks it restores (`tf_fm.callback_state`)
       scratch/         where Keras reads and writes (rebuilt at train begin)
 
 A kill before `current` is replaced leaves the previous state in force; the
@@ -20,28 +21,42 @@ previous state is deleted only after it has been replaced.
 import os
 import pathlib
 import shutil
+from collections.abc import Sequence
 
 import keras
+
+from tf_fm import callback_state
 
 _POINTER = "current"
 _SCRATCH = "scratch"
 _STATE_PREFIX = "state-"
+_CALLBACKS = "callbacks"
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` that a kill cannot leave unreadable.
 
     Saves once per epoch, like Keras' default `save_freq="epoch"`; an
-    interrupted `fit` with the same callback resumes after the last epoch
-    whose state was committed.
+    interrupted `fit` with the same callbacks resumes after the last epoch
+    whose state was committed. Keras' own `BackupAndRestore` restores the
+    weights, the optimizer and the epoch only; this one also restores the
+    state of the callbacks in `restore` (`ReduceLROnPlateau`'s and early
+    stopping's epochs waited and best value, `BestEpochStopping`'s best
+    weights), so a resumed run stops on the epoch and ends on the weights
+    an uninterrupted one would. Put it after those callbacks in `fit`'s
+    list: their `on_train_begin` resets them, then this one restores them.
 
     Args:
         backup_dir: str or path-like. Where the state is kept; deleted when
             training ends.
+        restore: the callbacks whose state is kept and restored
+            (`tf_fm.callback_state`; the stateless ones are skipped).
+            Defaults to none.
     """
 
-    def __init__(self, backup_dir: str | os.PathLike):
+    def __init__(self, backup_dir: str | os.PathLike, restore: Sequence = ()):
         self.root = pathlib.Path(backup_dir)
+        self.restore = tuple(restore)
         super().__init__(str(self.root / _SCRATCH), save_freq="epoch", delete_checkpoint=True)
 
     @staticmethod
@@ -54,12 +69,14 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         shutil.rmtree(scratch, ignore_errors=True)  # possibly half-written by a killed run
         state = _committed(self.root)
         if state is not None:
-            shutil.copytree(state, scratch)
+            shutil.copytree(state, scratch, ignore=shutil.ignore_patterns(_CALLBACKS))
         super().on_train_begin(logs)
+        if state is not None:
+            callback_state.load(self.restore, state / _CALLBACKS)
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)  # Keras writes the scratch directory
-        _commit(self.root, epoch + 1)
+        _commit(self.root, epoch + 1, self.restore)
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
@@ -75,12 +92,16 @@ def _committed(root: pathlib.Path) -> pathlib.Path | None:
     return state if state.is_dir() else None
 
 
-def _commit(root: pathlib.Path, epoch: int) -> None:
-    """Copies the scratch directory to `state-<epoch>` and points `current` at it."""
+def _commit(root: pathlib.Path, epoch: int, callbacks: Sequence) -> None:
+    """Copies the scratch directory and the callbacks' state to `state-<epoch>`; points to it."""
     name = f"{_STATE_PREFIX}{epoch}"
     staging = root / f".tmp-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(root / _SCRATCH, staging)
+    if callback_state.stateful(callbacks):
+        previous = _committed(root)
+        earlier = previous / _CALLBACKS if previous is not None else None
+        callback_state.save(callbacks, staging / _CALLBACKS, previous=earlier)
     shutil.rmtree(root / name, ignore_errors=True)
     os.replace(staging, root / name)
     tmp = root / f".tmp-{_POINTER}"

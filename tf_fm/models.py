@@ -781,6 +781,11 @@ class BestEpochStopping(keras.callbacks.Callback):
         min_lr: float. The learning-rate floor (as `ReduceLROnPlateau`'s).
     """
 
+    # What a resumed run restores (`tf_fm.callback_state`): the best weights
+    # are written again only when the best epoch changes.
+    state_attributes = ("best", "best_epoch", "wait", "last_epoch")
+    state_arrays = {"best_weights": "best_epoch"}
+
     def __init__(self, monitor, mode, patience, min_delta=MIN_DELTA, min_lr=MIN_LEARNING_RATE):
         super().__init__()
         self.monitor, self.mode = monitor, mode
@@ -832,9 +837,11 @@ def default_callbacks(
       once the learning rate is at its floor, and end on the best epoch's
       weights;
     * with `backup_dir`, `tf_fm.callbacks.AtomicBackupAndRestore(backup_dir)`:
-      the model and optimizer state after every epoch, committed so that a
-      kill at any moment leaves a readable state, so an interrupted `fit`
-      with the same callbacks resumes from the last finished epoch.
+      the model and optimizer state after every epoch, with the state of
+      the two callbacks above (epochs waited, best value, best weights),
+      committed so that a kill at any moment leaves a readable state, so an
+      interrupted `fit` with the same callbacks resumes from the last
+      finished epoch and stops where the uninterrupted one would.
 
     The metric is BARS / FuxiCTR's monitor for a binary model, validation
     AUC minus validation log loss (`val_auc_minus_logloss`, maximized, added
@@ -880,5 +887,5 @@ def default_callbacks(
         BestEpochStopping(monitor, mode, patience),
     ]
     if backup_dir is not None:
-        callbacks.append(AtomicBackupAndRestore(backup_dir))
+        callbacks.append(AtomicBackupAndRestore(backup_dir, restore=callbacks))
     return callbacks

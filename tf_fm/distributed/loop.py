@@ -17,20 +17,21 @@ whole validation set; then the very callbacks `tf_fm.train` gives `fit`
 (`tf_fm.training.EpochLog` and `tf_fm.default_callbacks`:
 `ReduceLROnPlateau`, `BestEpochStopping`), which every worker runs on the
 same numbers and so decides the same; then a checkpoint (model and optimizer
-variables, the epoch) written by the chief. A run started again with
-`resuming` goes on from the epoch after the last checkpoint, as
-`keras.callbacks.BackupAndRestore` does for `fit`.
+variables, the epoch, the callbacks' state: `tf_fm.callback_state`) written
+by the chief. A run started again with `resuming` goes on from the epoch
+after the last checkpoint, as `tf_fm.callbacks.AtomicBackupAndRestore` does
+for `fit`, and stops where the uninterrupted run would.
 """
 
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_fm import training
+from tf_fm import callback_state, training
 from tf_fm.errors import UsageError
 
 CHECKPOINT_FILE = training.DISTRIBUTED_CHECKPOINTS[0]
@@ -249,23 +250,30 @@ def _epoch(steps, dataset, step, metrics, prefix):
 
 
 class _Checkpoint:
-    """Model and optimizer variables and the next epoch, in one `.npz` the chief writes."""
+    """Model and optimizer variables and the next epoch in one `.npz`, the callbacks' state beside.
+
+    The chief writes both; every worker reads them (the checkpoint directory
+    is on storage they all see).
+    """
 
     def __init__(self, directory, chief):
         self.path = pathlib.Path(directory) / CHECKPOINT_FILE
         self.chief = chief
+        self.callbacks = callback_state.EpochStates(directory)
 
     def _variables(self, model):
         return [*model.variables, *model.optimizer.variables]
 
-    def save(self, model, epoch):
+    def save(self, model, epoch, callbacks):
         if not self.chief:
             return
         values = {f"v{i}": np.asarray(v) for i, v in enumerate(self._variables(model))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.callbacks.save(callbacks, epoch)
         tmp = self.path.with_name(f".{self.path.stem}.tmp.npz")
         np.savez(tmp, epoch=epoch, **values)
         tmp.replace(self.path)
+        self.callbacks.prune(epoch)
 
     def restore(self, model):
         """The epoch to start from: the saved one, or 0 without a checkpoint."""
@@ -305,7 +313,8 @@ def fit(
     resuming: bool,
     task: str,
     log: Callable[[str], None] = print,
-) -> tuple[keras.Model, dict]:
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[keras.Model | None, dict]:
     """Trains under `strategy` with `fit`'s epochs, validation and callbacks semantics.
 
     Args:
@@ -323,11 +332,15 @@ def fit(
         resuming: bool. Start from the checkpoint in `checkpoint_dir`.
         task: `"binary"` or `"regression"`.
         log: callable printing one line (the chief's epoch lines).
+        callbacks: more Keras callbacks, run on every worker before the
+            run's own (`fit`'s `callbacks`); their `on_epoch_end` sees the
+            epoch's logs before the checkpoint is written. Defaults to none.
 
     Returns:
-        `(model, history)`: a model built outside any strategy with the
-        trained weights (the best epoch's, with validation data), and the
-        whole run's per-epoch history.
+        `(model, history)`: on the chief, a model built outside any strategy
+        with the trained weights (the best epoch's, with validation data);
+        None on the other workers (a copy of the tables there would double
+        their memory for nothing); and the whole run's per-epoch history.
     """
     if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
         return parameter_server_module().fit(
@@ -341,6 +354,7 @@ def fit(
             resuming=resuming,
             task=task,
             log=log,
+            callbacks=callbacks,
         )
     with strategy.scope():
         model = build_model()
@@ -362,24 +376,30 @@ def fit(
         resuming,
         task,
         log if chief else lambda _: None,
+        callbacks,
     )
-    return _unsharded_copy(build_model, model), history
+    return (_unsharded_copy(build_model, model) if chief else None), history
 
 
 def _train(
-    model, checkpoint, start, strategy, train_fn, valid_fn, settings, out, resuming, task, log
-):
+    model, checkpoint, start, strategy, train_fn, valid_fn, settings, out, resuming, task, log,
+    extra,
+):  # fmt: skip
     """The epochs: train, validate, callbacks, checkpoint; returns the run's history."""
     train_data = strategy.distribute_datasets_from_function(train_fn)
     valid_data = strategy.distribute_datasets_from_function(valid_fn) if valid_fn else None
     steps = _Steps(strategy, model)
     epoch_log = training.EpochLog(pathlib.Path(out) / training.HISTORY_FILE, resume=resuming)
-    callbacks = keras.callbacks.CallbackList(
-        [epoch_log, *training.training_callbacks(task, valid_fn is not None, settings.patience)],
-        model=model,
-    )
+    own = [
+        *extra,
+        epoch_log,
+        *training.training_callbacks(task, valid_fn is not None, settings.patience),
+    ]
+    callbacks = keras.callbacks.CallbackList(own, model=model)
     model.stop_training = False
     callbacks.on_train_begin()
+    if start:
+        checkpoint.callbacks.load(own, start)
     for epoch in range(start, settings.epochs):
         began = time.monotonic()
         callbacks.on_epoch_begin(epoch)
@@ -392,7 +412,7 @@ def _train(
             + " - ".join(f"{k} {v:.4f}" for k, v in logs.items())
         )
         callbacks.on_epoch_end(epoch, logs)
-        checkpoint.save(model, epoch + 1)
+        checkpoint.save(model, epoch + 1, own)
         if model.stop_training:
             break
     callbacks.on_train_end()

@@ -35,7 +35,9 @@ and `tf_fm.default_callbacks` (LR decay on plateau, early stopping, best
 epoch's weights) and `tf_fm.training.EpochLog` run on them unchanged.
 
 After every epoch the chief writes a `tf.train.Checkpoint` of every variable
-(table shards, slots and optimizer state included). A lost worker is
+(table shards, slots and optimizer state included) and the callbacks' state
+beside it (`tf_fm.callback_state`: a resumed run stops where the
+uninterrupted one would). A lost worker is
 survived inside `fit`; a lost parameter server makes `fit` raise (the
 coordinator cannot go on without its variables): restart the server and the
 chief with `resuming=True`, and training goes on from the last finished
@@ -48,13 +50,14 @@ import contextvars
 import dataclasses
 import os
 import pathlib
+import time
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_fm import training
+from tf_fm import callback_state, training
 from tf_fm.tables import is_embedding_table
 
 # The shapes of the embedding tables being created (set by `fit` around the
@@ -383,6 +386,7 @@ def fit(
     resuming: bool,
     task: str,
     log: Callable[[str], None] = print,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict]:
     """Trains under `ParameterServerStrategy` with sharded tables; the model and its history.
 
@@ -405,6 +409,7 @@ def fit(
         resuming: restore the last checkpoint and go on after its epoch.
         task: `"binary"` or `"regression"`.
         log: prints one line.
+        callbacks: more Keras callbacks, run before the run's own.
 
     Returns:
         `(model, history)`: the model built outside the strategy with the
@@ -429,27 +434,36 @@ def fit(
         trainer.checkpoint, str(checkpoint_dir), max_to_keep=2, checkpoint_name=_CHECKPOINT_PREFIX
     )
     start = _restore(trainer, str(checkpoint_dir), resuming, log)
-    epoch_log, callbacks = _callbacks(task, out, settings, valid_data is not None, start > 0)
+    epoch_log, own = _callbacks(task, out, settings, valid_data is not None, start > 0)
+    callbacks = [*callbacks, *own]
+    states = callback_state.EpochStates(checkpoint_dir)
     for callback in callbacks:
         callback.set_model(model)
     model.stop_training = False
     for callback in callbacks:
         callback.on_train_begin()
+    if start:
+        states.load(callbacks, start)
     for epoch in range(start, settings.epochs):
         for callback in callbacks:
             callback.on_epoch_begin(epoch)
+        began = time.monotonic()
         loss, steps, rows = _run_epoch(coordinator, trainer.train_step, train_data)
         logs = {"loss": loss}
         if valid_data is not None:
             logs.update(_validate(coordinator, trainer, final, valid_data))
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-        trainer.epoch.assign(epoch + 1)
-        manager.save()
-        log(f"Epoch {epoch + 1}/{settings.epochs}: {steps} steps, {_format(logs)}")
-        if epoch == start:
-            log(_describe_traffic(trainer.traffic(rows, next(iter(train_data))[0])))
+        seconds = time.monotonic() - began
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
+        # After the callbacks: the checkpoint holds the learning rate they set.
+        trainer.epoch.assign(epoch + 1)
+        states.save(callbacks, epoch + 1)
+        manager.save()
+        states.prune(epoch + 1)
+        log(f"Epoch {epoch + 1}/{settings.epochs}: {steps} steps, {seconds:.1f} s, {_format(logs)}")
+        if epoch == start:
+            log(_describe_traffic(trainer.traffic(rows, next(iter(train_data))[0])))
         if model.stop_training:
             break
     for callback in callbacks:
