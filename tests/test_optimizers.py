@@ -8,7 +8,7 @@ import tensorflow as tf
 import tf_fm
 from tf_fm import CategoricalFeature, MultiValuedFeature, NumericFeature
 from tf_fm.data import make_fm_data
-from tf_fm.optimizers import LazyAdam, RowwiseAdagrad, SparseAdagrad, SparseSGD
+from tf_fm.optimizers import LazyAdam, RowwiseAdagrad, SparseAdagrad, SparseSGD, sum_duplicate_rows
 from tf_fm.tables import mark_embedding_table
 
 FIELDS = [
@@ -528,3 +528,15 @@ def test_rowwise_adagrad_rejects_bad_arguments():
         RowwiseAdagrad(epsilon=-1.0)
     with pytest.raises(ValueError, match="embedding_learning_rate_multiplier"):
         RowwiseAdagrad(embedding_learning_rate_multiplier=0.0)
+
+
+def test_sum_duplicate_rows_keeps_the_gradient_and_makes_ids_distinct():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 7, 40)
+    rows = rng.normal(size=(40, 3)).astype("float32")
+    summed = sum_duplicate_rows(tf.IndexedSlices(rows, tf.constant(ids), tf.constant([7, 3])))
+    assert len(set(summed.indices.numpy().tolist())) == len(summed.indices) == len(set(ids))
+    dense = np.zeros((7, 3), "float32")
+    np.add.at(dense, ids, rows)
+    np.testing.assert_allclose(tf.convert_to_tensor(summed).numpy(), dense, atol=1e-5)
+    assert summed.indices.dtype == tf.int64 and summed.dense_shape.numpy().tolist() == [7, 3]

@@ -77,6 +77,17 @@ def _dedupe(gradient):
     return ids, tf.reshape(summed, tf.concat([tf.shape(ids), tf.shape(values)[1:]], axis=0))
 
 
+def sum_duplicate_rows(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
+    """The same gradient with one row per distinct id (the rows of a repeated id summed).
+
+    The optimizers of this module do this themselves; a loop that sends
+    gradients over the network (`tf_fm.distributed`) calls it first, so
+    that each distinct row travels once.
+    """
+    ids, rows = _dedupe(gradient)
+    return tf.IndexedSlices(rows, tf.cast(ids, gradient.indices.dtype), gradient.dense_shape)
+
+
 def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
 

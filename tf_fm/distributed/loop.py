@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from tf_fm import callback_state, training
 from tf_fm.errors import UsageError
+from tf_fm.optimizers import sum_duplicate_rows
 
 CHECKPOINT_FILE = training.DISTRIBUTED_CHECKPOINTS[0]
 SUM = tf.distribute.ReduceOp.SUM
@@ -179,7 +180,10 @@ class _Steps:
         with tf.GradientTape() as tape:
             predictions = model(features, training=True)
             loss, labels, _ = self._losses(labels, predictions, total)
-        gradients = tape.gradient(loss, model.trainable_variables)
+        gradients = [
+            sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g
+            for g in tape.gradient(loss, model.trainable_variables)
+        ]  # a table's distinct rows, not its ids, go into the all-reduce
         model.optimizer.apply(gradients, model.trainable_variables)
         return loss, rows, labels, predictions
 
