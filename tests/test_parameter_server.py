@@ -7,6 +7,7 @@ CONFIG.json`: it trains with `parameter_server.fit` and writes the model and
 its validation scores). Every process is killed at the end of its test.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -34,6 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = {"n_train": 20_000, "n_test": 5_000, "seed": 0}
 MODEL = {"model": "deepfm", "embedding_dim": 4, "dnn_units": [16], "learning_rate": 0.01}
 BATCH, VALID_BATCH, EPOCHS = 512, 2048, 15
+FIXED_EPOCHS = 5  # the runs without validation
 CHIEF_TIMEOUT = 420  # seconds a chief may run before the test fails
 
 
@@ -232,17 +234,22 @@ def _finish(cluster, process):
     return code
 
 
-def _single_process_auc():
-    """The validation AUC of the same model, data and loop in one process (`model.fit`)."""
+@functools.cache
+def _single_process_auc(epochs=EPOCHS, validate=True):
+    """The validation AUC of the same model, data and loop in one process (`model.fit`).
+
+    With `validate`, the BARS loop (early stopping, LR decay on plateau);
+    without, `epochs` epochs at the initial learning rate.
+    """
     keras.utils.set_random_seed(0)
     train, test = make_fm_data(**DATA)
     model = training.ModelOptions(**MODEL).build(train.fields, "binary")
     model.fit(
         train.dataset(BATCH, seed=0),
-        validation_data=test.dataset(VALID_BATCH, shuffle=False),
-        epochs=EPOCHS,
+        validation_data=test.dataset(VALID_BATCH, shuffle=False) if validate else None,
+        epochs=epochs,
         verbose=0,
-        callbacks=models_lib.default_callbacks("binary", patience=2),
+        callbacks=models_lib.default_callbacks("binary", patience=2) if validate else None,
     )
     return test.evaluate(model.predict(test.features, batch_size=4096, verbose=0))["auc"]
 
@@ -251,8 +258,7 @@ def _single_process_auc():
 def test_one_worker_two_servers_match_one_process_and_export(local_cluster, tmp_path):
     # One worker: the steps run one after the other, as in one process, so the
     # sharded tables, the per-shard updates and the loop must give fit's AUC.
-    # (Several workers train asynchronously, Hogwild style, which costs accuracy:
-    # 2 workers reached 0.7726 here against 0.7827; tests/test_distributed.py runs them.)
+    # (Several workers train asynchronously: the next test.)
     cluster = local_cluster(workers=1, servers=2)
     chief = cluster.start_chief(_chief_config(tmp_path, check_sharding=True))
     assert _finish(cluster, chief) == 0, cluster.chief_log()[-3000:]
@@ -285,6 +291,29 @@ def test_one_worker_two_servers_match_one_process_and_export(local_cluster, tmp_
     path = training.export_model(model, None, tmp_path / "export", sample, log=lambda _: None)
     report = training.export_lib.read_metadata(path)["verification"]
     assert training.worst_difference(report) < 1e-5
+
+
+@pytest.mark.slow
+def test_two_async_workers_train_as_well_as_one(local_cluster, tmp_path):
+    # Two workers step at once (Hogwild: each computes on rows the other may
+    # be moving); the same epochs at the same learning rate as one worker,
+    # without validation (with the BARS loop the async noise moves the first
+    # LR decay, and the AUC with it: 0.7685-0.7809 over three runs against
+    # 0.7802 for one worker). Measured: 2 workers 0.7679 and 0.7693, 1 worker
+    # 0.7685; 0.7723 in a third. Before the table rows were added back (scatter_add) rather
+    # than written (scatter_update), a hot row lost one of two concurrent
+    # updates: 0.7686-0.7737 with the loop.
+    aucs = {}
+    for workers in (1, 2):
+        cluster = local_cluster(workers=workers, servers=2)
+        run = tmp_path / f"workers{workers}"
+        run.mkdir()
+        chief = cluster.start_chief(_chief_config(run, epochs=FIXED_EPOCHS, validate=False))
+        assert _finish(cluster, chief) == 0, cluster.chief_log()[-3000:]
+        aucs[workers] = json.loads((run / "run" / "result.json").read_text())["auc"]
+        cluster.stop()
+    print(f"test AUC after {FIXED_EPOCHS} epochs: 1 worker {aucs[1]:.4f}, 2 workers {aucs[2]:.4f}")
+    assert aucs[2] >= aucs[1] - 0.003  # no worse (async runs vary by about +-0.002)
 
 
 def _kill_mid_epoch(cluster, chief, name, epoch=2):
@@ -361,7 +390,9 @@ def chief_main(config_path):
     model, history = ps.fit(
         lambda: options.build(train.fields, "binary"),
         lambda context: train.dataset(BATCH, seed=0),
-        lambda context: test.dataset(VALID_BATCH, shuffle=False),
+        (lambda context: test.dataset(VALID_BATCH, shuffle=False))
+        if config.get("validate", True)
+        else None,
         strategy=strategy,
         settings=settings,
         out=out,

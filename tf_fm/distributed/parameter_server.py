@@ -178,11 +178,13 @@ def sparse_adam_rows(var, slot, gradient, learning_rate, step, beta_1, beta_2, e
     alpha = tf.cast(learning_rate, dtype) * tf.sqrt(1 - beta_2**step) / (1 - beta_1**step)
     both = tf.gather(slot, ids)  # (n, 2 * columns): m | v
     m, v = both[:, :columns], both[:, columns:]
-    m = m + (grad - m) * (1 - beta_1)
-    v = v + (tf.square(grad) - v) * (1 - beta_2)
-    slot.scatter_update(tf.IndexedSlices(tf.concat([m, v], axis=1), ids))
-    rows = tf.gather(var, ids) - alpha * m / (tf.sqrt(v) + epsilon)
-    var.scatter_update(tf.IndexedSlices(rows, ids))
+    dm, dv = (grad - m) * (1 - beta_1), (tf.square(grad) - v) * (1 - beta_2)
+    # Added, not written: with several workers two steps may update one row
+    # at once, and a write would drop the other's update (a scatter_add is
+    # one op under the variable's lock; Hogwild's staleness, no lost steps).
+    slot.scatter_add(tf.IndexedSlices(tf.concat([dm, dv], axis=1), ids))
+    step = alpha * (m + dm) / (tf.sqrt(v + dv) + epsilon)
+    var.scatter_sub(tf.IndexedSlices(step, ids))
     return tf.size(ids)
 
 
