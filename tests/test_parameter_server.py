@@ -296,13 +296,12 @@ def test_one_worker_two_servers_match_one_process_and_export(local_cluster, tmp_
 @pytest.mark.slow
 def test_two_async_workers_train_as_well_as_one(local_cluster, tmp_path):
     # Two workers step at once (Hogwild: each computes on rows the other may
-    # be moving); the same epochs at the same learning rate as one worker,
-    # without validation (with the BARS loop the async noise moves the first
-    # LR decay, and the AUC with it: 0.7685-0.7809 over three runs against
-    # 0.7802 for one worker). Measured: 2 workers 0.7679 and 0.7693, 1 worker
-    # 0.7685; 0.7723 in a third. Before the table rows were added back (scatter_add) rather
-    # than written (scatter_update), a hot row lost one of two concurrent
-    # updates: 0.7686-0.7737 with the loop.
+    # be moving; the rows' updates are added, so none is lost). The same
+    # epochs at the same learning rate as one worker, without validation:
+    # with the BARS loop the async noise moves the first LR decay and the
+    # AUC with it (0.7685-0.7809 over three runs, one worker 0.7802), which
+    # says nothing of the training. Measured here: 1 worker 0.7685, 2 workers
+    # 0.7679, 0.7693, 0.7723.
     aucs = {}
     for workers in (1, 2):
         cluster = local_cluster(workers=workers, servers=2)
