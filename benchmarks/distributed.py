@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,8 +183,15 @@ def run_setup(setup, rows, args):
                     process.wait()
         result_path = pathlib.Path(tmp) / "result.json"
         if code != 0 or not result_path.is_file():
-            tail = logs.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{setup} at {rows:.0e} rows failed (exit {code}):\n{tail}")
+            kept = pathlib.Path(tempfile.gettempdir()) / f"distributed-{setup}-{rows:.0e}.log"
+            shutil.copy(logs, kept)
+            refusals = [
+                line
+                for line in logs.read_text(errors="replace").splitlines()
+                if "UsageError" in line
+            ]
+            reason = refusals[-1] if refusals else f"exit {code}, log {kept}"
+            return {"setup": setup, "rows": int(rows), "failed": reason}
         result = json.loads(result_path.read_text())
     steps = args.batches
     return {
@@ -205,8 +213,13 @@ def markdown(results, args):
     ]
     for rows in sorted({r["rows"] for r in results}):
         group = [r for r in results if r["rows"] == rows]
-        base = next((r["examples_per_s"] for r in group if r["setup"] == "one"), None)
+        base = next(
+            (r["examples_per_s"] for r in group if r["setup"] == "one" and "failed" not in r), None
+        )
         for r in group:
+            if "failed" in r:
+                lines.append(f"| {rows:.2g} | {SETUPS[r['setup']]} | failed: {r['failed']} | | |")
+                continue
             ratio = f"{r['examples_per_s'] / base:.2f}x" if base else "-"
             lines.append(
                 f"| {rows:.2g} | {SETUPS[r['setup']]} | {r['examples_per_s']:,.0f} | {ratio} "

@@ -354,3 +354,18 @@ def test_tfjob_example_runs_the_command_the_cli_takes():
     )
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert args.output.startswith("/runs/") and "/runs" in mounts  # shared by every worker
+
+
+def test_a_variable_too_large_for_the_initial_broadcast_is_refused_by_name():
+    train, _ = make_fm_data(n_train=100, n_test=10, multivalued_size=0, seed=1)
+
+    def build():
+        model = training.ModelOptions(model="fm", embedding_dim=16).build(train.fields, "binary")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    with pytest.raises(UsageError, match=r"variable 'table' of shape \(\d+, 17\).*local:W,P"):
+        with loop.broadcast_limit(limit=4000):
+            build()
+    with loop.broadcast_limit():  # 2 GiB: every variable of this model passes
+        build()

@@ -23,8 +23,10 @@ after the last checkpoint, as `tf_fm.callbacks.AtomicBackupAndRestore` does
 for `fit`, and stops where the uninterrupted run would.
 """
 
+import contextlib
 import pathlib
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 
 import keras
@@ -271,11 +273,15 @@ class _Checkpoint:
     def save(self, model, epoch, callbacks):
         if not self.chief:
             return
-        values = {f"v{i}": np.asarray(v) for i, v in enumerate(self._variables(model))}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.callbacks.save(callbacks, epoch)
         tmp = self.path.with_name(f".{self.path.stem}.tmp.npz")
-        np.savez(tmp, epoch=epoch, **values)
+        # np.savez's format, one variable in memory at a time (a table and
+        # its slots at once would double the chief's memory while it saves).
+        with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
+            _write_array(archive, "epoch", np.asarray(epoch))
+            for i, variable in enumerate(self._variables(model)):
+                _write_array(archive, f"v{i}", np.asarray(variable))
         tmp.replace(self.path)
         self.callbacks.prune(epoch)
 
@@ -293,6 +299,46 @@ class _Checkpoint:
             for i, variable in enumerate(variables):
                 variable.assign(saved[f"v{i}"])
             return int(saved["epoch"])
+
+
+# MultiWorkerMirroredStrategy broadcasts every variable's initial value from
+# the chief in one gRPC message, which cannot exceed 2 GiB: a larger variable
+# fails on the other workers ("Tensor Size Mismatch: RecvBufResponse returned
+# 0 bytes", then the chief's "tasks have crashed").
+MAX_BROADCAST_BYTES = 2**31 - 1
+
+
+@contextlib.contextmanager
+def broadcast_limit(limit: int = MAX_BROADCAST_BYTES):
+    """Refuses, with a UsageError naming it, a variable too large for the initial broadcast."""
+
+    def check(name, value):
+        size = int(np.prod(value.shape)) * tf.as_dtype(value.dtype).size
+        if size > limit:
+            raise UsageError(
+                f"variable {name!r} of shape {tuple(value.shape)} is {size / 2**30:.2f} GiB: "
+                "synchronous workers start from the chief's values, sent in one message of "
+                f"at most {limit / 2**30:.0f} GiB. Train this table on parameter servers "
+                "(--cluster local:W,P), or with --optimizer rowwise_adagrad (one float of "
+                "slot per row)"
+            )
+        return value
+
+    def creator(next_creator, **kwargs):
+        value, name = kwargs.get("initial_value"), kwargs.get("name")
+        if callable(value):  # Keras' lazy initializer: checked when the value is made
+            kwargs["initial_value"] = lambda: check(name, tf.convert_to_tensor(value()))
+        elif value is not None:
+            check(name, tf.convert_to_tensor(value))
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        yield
+
+
+def _write_array(archive, name, array):
+    with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def _unsharded_copy(build_model, model):
@@ -360,7 +406,8 @@ def fit(
             log=log,
             callbacks=callbacks,
         )
-    with strategy.scope():
+    collective = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    with strategy.scope(), broadcast_limit() if collective else contextlib.nullcontext():
         model = build_model()
         model.optimizer.build(model.trainable_variables)
     chief = strategy.extended.should_checkpoint
