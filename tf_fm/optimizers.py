@@ -51,6 +51,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tf_fm.layers._tf_ops import local_variable
 from tf_fm.tables import is_embedding_table
 
 # What `learning_rate` accepts, as in keras.optimizers.Optimizer.
@@ -90,6 +91,11 @@ def sum_duplicate_rows(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
 
 def _tf_variable(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _local(variable):
+    """The TF variable a row update gathers from and scatters to (`local_variable`)."""
+    return local_variable(_tf_variable(variable))
 
 
 def _stand_ins(variable):
@@ -153,7 +159,7 @@ class _SparseMixin:
             self._dense_update(index, gradient, variable, learning_rate)
             return
         lr = tf.cast(learning_rate, variable.dtype)
-        self._sparse_update(index, ids, tf.cast(rows, variable.dtype), _tf_variable(variable), lr)
+        self._sparse_update(index, ids, tf.cast(rows, variable.dtype), _local(variable), lr)
 
     def _position(self, variable):
         return self._positions[id(variable)]
@@ -221,7 +227,7 @@ class _AdamBase(_SparseMixin, keras.optimizers.Optimizer):
 
     def _lazy_adam_update(self, index, ids, grad, var, lr):
         """Lazy Adam on the touched rows of a non-table variable, in its own slots."""
-        m, v = (_tf_variable(s) for s in self._moments[index])
+        m, v = (_local(s) for s in self._moments[index])
         m_rows, v_rows, step = self._adam_rows(
             ids, grad, tf.gather(m, ids), tf.gather(v, ids), lr, var.dtype
         )
@@ -329,7 +335,7 @@ class LazyAdam(_AdamBase):
         if fused is None:  # a non-table variable with a sparse gradient: its own slots
             self._lazy_adam_update(index, ids, grad, var, lr)
             return
-        fused = _tf_variable(fused)
+        fused = _local(fused)
         columns = var.shape[-1]  # static (a gradient all-reduced across replicas may not be)
         both = tf.gather(fused, ids)  # (n, 2 * columns): m | v
         m_rows, v_rows = both[:, :columns], both[:, columns:]
@@ -537,7 +543,7 @@ class RowwiseAdagrad(_AdamBase):
             self._lazy_adam_update(index, ids, grad, var, lr)
             return
         lr = lr * tf.cast(self.embedding_learning_rate_multiplier, var.dtype)
-        accumulator = _tf_variable(accumulator)
+        accumulator = _local(accumulator)
         rows = tf.gather(var, ids)  # (n, columns)
         decay = tf.cast(self.embedding_weight_decay, var.dtype)
         l2 = self.embedding_weight_decay_mode == "l2"
@@ -604,7 +610,7 @@ class SparseAdagrad(_SparseMixin, keras.optimizers.Optimizer):
         )
 
     def _sparse_update(self, index, ids, grad, var, lr):
-        accumulator = _tf_variable(self._accumulator_slots[index])
+        accumulator = _local(self._accumulator_slots[index])
         acc_rows = tf.gather(accumulator, ids) + tf.square(grad)
         accumulator.scatter_update(tf.IndexedSlices(acc_rows, ids))
         _subtract_rows(var, ids, lr * grad / tf.sqrt(acc_rows + self.epsilon))

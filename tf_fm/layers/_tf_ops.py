@@ -9,11 +9,33 @@ embedding tables (see docs: PERFORMANCE_NOTES.md):
   read copy the whole buffer, so a step would cost O(table rows).
   `tf.gather` on the `tf.Variable` itself gathers on the resource and only
   touches the rows asked for; its gradient is a `tf.IndexedSlices`.
+* Under a mirrored strategy (`MultiWorkerMirroredStrategy`) the table's
+  variable is a `MirroredVariable`, and `tf.gather` on one reads the whole
+  variable first: the step's scatter then copies the buffer (the read still
+  holds it), 157 ms per step for a 26M x 17 table against 3.9 ms when the
+  gather and the scatter use this device's component (`local_variable`).
+  The optimizers (`tf_fm.optimizers`) use it for their slots too.
 * Keras has no graph-mode assertion; an out-of-range id must stop the step
   with a message naming the field, in `fit`, `predict` and a SavedModel alike.
 """
 
 import tensorflow as tf
+
+
+def local_variable(variable):
+    """The `tf.Variable` this device reads and writes, of a TF variable (not its Keras wrapper).
+
+    A distributed (mirrored) variable with one component on this worker (one
+    device per worker, as on CPU) gives that component, through the public
+    `Strategy.experimental_local_results`; with several local devices, and
+    for any other variable, the variable itself.
+    """
+    if not tf.distribute.has_strategy() or not isinstance(
+        variable, tf.distribute.DistributedValues
+    ):
+        return variable
+    components = tf.distribute.get_strategy().experimental_local_results(variable)
+    return components[0] if len(components) == 1 else variable
 
 
 def resource_gather(variable, ids):
@@ -27,7 +49,7 @@ def resource_gather(variable, ids):
     Returns:
         Tensor of shape `ids.shape + variable.shape[1:]`, in the variable's dtype.
     """
-    return tf.gather(variable.value, ids)
+    return tf.gather(local_variable(variable.value), ids)
 
 
 def check_ids_in_range(ids, low, high, slot_fields):
