@@ -77,12 +77,16 @@ def save(
 ) -> None:
     """Writes the state of `callbacks` to `directory` (replaced whole, never half-written).
 
+    Nothing is written when none of `callbacks` has a state.
+
     Args:
         callbacks: the run's callbacks; the stateless ones are skipped.
         directory: the state directory to write.
         previous: the last state directory, whose array files are
             hard-linked where their tag has not changed; or None.
     """
+    if not stateful(callbacks):
+        return
     directory = pathlib.Path(directory)
     staging = directory.with_name(f".tmp-{directory.name}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -174,8 +178,7 @@ class EpochStates:
 
     def save(self, callbacks: Sequence, epoch: int) -> None:
         """Writes the state after `epoch` epochs (array files linked from the epoch before)."""
-        if stateful(callbacks):
-            save(callbacks, self._directory(epoch), previous=self._directory(epoch - 1))
+        save(callbacks, self._directory(epoch), previous=self._directory(epoch - 1))
 
     def prune(self, epoch: int) -> None:
         """Removes every state but the one after `epoch` epochs."""

@@ -98,10 +98,9 @@ def _commit(root: pathlib.Path, epoch: int, callbacks: Sequence) -> None:
     staging = root / f".tmp-{name}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(root / _SCRATCH, staging)
-    if callback_state.stateful(callbacks):
-        previous = _committed(root)
-        earlier = previous / _CALLBACKS if previous is not None else None
-        callback_state.save(callbacks, staging / _CALLBACKS, previous=earlier)
+    previous = _committed(root)
+    earlier = previous / _CALLBACKS if previous is not None else None
+    callback_state.save(callbacks, staging / _CALLBACKS, previous=earlier)
     shutil.rmtree(root / name, ignore_errors=True)
     os.replace(staging, root / name)
     tmp = root / f".tmp-{_POINTER}"

@@ -182,10 +182,11 @@ class _Steps:
         with tf.GradientTape() as tape:
             predictions = model(features, training=True)
             loss, labels, _ = self._losses(labels, predictions, total)
-        gradients = [
-            sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g
-            for g in tape.gradient(loss, model.trainable_variables)
-        ]  # a table's distinct rows, not its ids, go into the all-reduce
+        gradients = tape.gradient(loss, model.trainable_variables)
+        if self.strategy.num_replicas_in_sync > 1:  # the optimizer sums them itself
+            gradients = [
+                sum_duplicate_rows(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients
+            ]  # a table's distinct rows, not its ids, go into the all-reduce
         model.optimizer.apply(gradients, model.trainable_variables)
         return loss, rows, labels, predictions
 
