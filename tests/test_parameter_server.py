@@ -35,7 +35,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = {"n_train": 20_000, "n_test": 5_000, "seed": 0}
 MODEL = {"model": "deepfm", "embedding_dim": 4, "dnn_units": [16], "learning_rate": 0.01}
 BATCH, VALID_BATCH, EPOCHS = 512, 2048, 15
-FIXED_EPOCHS = 5  # the runs without validation
 CHIEF_TIMEOUT = 420  # seconds a chief may run before the test fails
 
 
@@ -99,6 +98,51 @@ def test_partitioner_shards_the_tables_only():
         assert ps.TablePartitioner(4)((3, 5), tf.float32) == [3, 1]  # at most one row a shard
     with pytest.raises(ValueError, match="num_shards"):
         ps.TablePartitioner(0)
+
+
+def test_the_sharded_model_starts_from_the_returned_models_initial_weights():
+    # Two builds draw two initializations; the sharded one must be the first's,
+    # the one `model.fit` starts from after the same seed.
+    keras.utils.set_random_seed(0)
+    train, _ = make_fm_data(n_train=100, n_test=10, seed=0)
+    options = training.ModelOptions(**MODEL)
+    final, trainer = ps._build(
+        lambda: options.build(train.fields, "binary"), tf.distribute.get_strategy()
+    )
+    keras.utils.set_random_seed(0)
+    fit_start = options.build(train.fields, "binary").get_weights()
+    for a, b, c in zip(trainer.model.get_weights(), final.get_weights(), fit_start, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+class _Remote:
+    def __init__(self, *values):
+        self.values = values
+
+    def fetch(self):
+        return self.values
+
+
+class _Coordinator:
+    """Runs each scheduled step at once, as `ClusterCoordinator` would on a worker."""
+
+    def schedule(self, step, args):
+        return _Remote(*step(*args))
+
+    def join(self):
+        pass
+
+
+def test_the_epoch_loss_is_the_mean_over_examples():
+    # Two full batches of loss 1 and a last batch of 2 rows with loss 0: fit's
+    # logs say (2 * 4 * 1 + 2 * 0) / 10 = 0.8, not the mean of the 3 steps.
+    batches = [(None, np.zeros(4)), (None, np.zeros(4)), (None, np.zeros(2))]
+    losses = iter([1.0, 1.0, 0.0])
+    loss, steps, rows = ps._run_epoch(
+        _Coordinator(), lambda features, labels: (next(losses), 3), batches
+    )
+    assert (loss, steps, rows) == (pytest.approx(0.8), 3, 3.0)
 
 
 def test_server_refuses_a_chief_task_and_a_bad_tf_config():
@@ -235,29 +279,26 @@ def _finish(cluster, process):
 
 
 @functools.cache
-def _single_process_auc(epochs=EPOCHS, validate=True):
-    """The validation AUC of the same model, data and loop in one process (`model.fit`).
-
-    With `validate`, the BARS loop (early stopping, LR decay on plateau);
-    without, `epochs` epochs at the initial learning rate.
-    """
+def _single_process_auc():
+    """The validation AUC of the same model, data and loop in one process (`model.fit`)."""
     keras.utils.set_random_seed(0)
     train, test = make_fm_data(**DATA)
     model = training.ModelOptions(**MODEL).build(train.fields, "binary")
     model.fit(
         train.dataset(BATCH, seed=0),
-        validation_data=test.dataset(VALID_BATCH, shuffle=False) if validate else None,
-        epochs=epochs,
+        validation_data=test.dataset(VALID_BATCH, shuffle=False),
+        epochs=EPOCHS,
         verbose=0,
-        callbacks=models_lib.default_callbacks("binary", patience=2) if validate else None,
+        callbacks=models_lib.default_callbacks("binary", patience=2),
     )
     return test.evaluate(model.predict(test.features, batch_size=4096, verbose=0))["auc"]
 
 
 @pytest.mark.slow
 def test_one_worker_two_servers_match_one_process_and_export(local_cluster, tmp_path):
-    # One worker: the steps run one after the other, as in one process, so the
-    # sharded tables, the per-shard updates and the loop must give fit's AUC.
+    # One worker: the steps run one after the other, as in one process, from
+    # the same initial weights, so the sharded tables, the per-shard updates
+    # and the loop must give fit's AUC (measured: 0.7830 vs 0.7827).
     # (Several workers train asynchronously: the next test.)
     cluster = local_cluster(workers=1, servers=2)
     chief = cluster.start_chief(_chief_config(tmp_path, check_sharding=True))
@@ -277,7 +318,7 @@ def test_one_worker_two_servers_match_one_process_and_export(local_cluster, tmp_
 
     single = _single_process_auc()
     print(f"validation AUC: 1 process {single:.4f}, 1 worker + 2 servers {result['auc']:.4f}")
-    assert abs(result["auc"] - single) <= 0.003
+    assert abs(result["auc"] - single) <= 0.002
 
     # The gathered model is an ordinary model: it reloads and exports verified.
     model = keras.saving.load_model(tmp_path / "run" / training.MODEL_FILE)
@@ -294,25 +335,18 @@ def test_one_worker_two_servers_match_one_process_and_export(local_cluster, tmp_
 
 
 @pytest.mark.slow
-def test_two_async_workers_train_as_well_as_one(local_cluster, tmp_path):
+def test_two_async_workers_train_to_the_auc_of_one_process(local_cluster, tmp_path):
     # Two workers step at once (Hogwild: each computes on rows the other may
-    # be moving; the rows' updates are added, so none is lost). The same
-    # epochs at the same learning rate as one worker, without validation:
-    # with the BARS loop the async noise moves the first LR decay and the
-    # AUC with it (0.7685-0.7809 over three runs, one worker 0.7802), which
-    # says nothing of the training. Measured here: 1 worker 0.7685, 2 workers
-    # 0.7679, 0.7693, 0.7723.
-    aucs = {}
-    for workers in (1, 2):
-        cluster = local_cluster(workers=workers, servers=2)
-        run = tmp_path / f"workers{workers}"
-        run.mkdir()
-        chief = cluster.start_chief(_chief_config(run, epochs=FIXED_EPOCHS, validate=False))
-        assert _finish(cluster, chief) == 0, cluster.chief_log()[-3000:]
-        aucs[workers] = json.loads((run / "run" / "result.json").read_text())["auc"]
-        cluster.stop()
-    print(f"test AUC after {FIXED_EPOCHS} epochs: 1 worker {aucs[1]:.4f}, 2 workers {aucs[2]:.4f}")
-    assert aucs[2] >= aucs[1] - 0.003  # no worse (async runs vary by about +-0.002)
+    # be moving; the rows' updates are added, so none is lost), with the BARS
+    # loop on the validation AUC. Measured: 0.7816 to 0.7829 over four runs
+    # against 0.7827 in one process (from the same initial weights).
+    cluster = local_cluster(workers=2, servers=2)
+    chief = cluster.start_chief(_chief_config(tmp_path))
+    assert _finish(cluster, chief) == 0, cluster.chief_log()[-3000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    single = _single_process_auc()
+    print(f"validation AUC: 1 process {single:.4f}, 2 workers + 2 servers {result['auc']:.4f}")
+    assert abs(result["auc"] - single) <= 0.002
 
 
 def _kill_mid_epoch(cluster, chief, name, epoch=2):
@@ -359,9 +393,9 @@ def test_a_server_killed_mid_epoch_resumes_from_the_checkpoint(local_cluster, tm
     history = training.read_json(tmp_path / "run" / training.HISTORY_FILE, "history")
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert len(history["loss"]) == result["epochs"] > 2
-    # It went on learning from the checkpoint. (Not within fit's 0.003: the
-    # resumed epochs read the data in the first epochs' shuffle order, and
-    # the plateaus fall elsewhere; measured 0.7760 against 0.7827.)
+    # It went on learning from the checkpoint. (A wider margin than the other
+    # tests': the resumed epochs read the data in the first epochs' shuffle
+    # order, so the plateaus may fall elsewhere; measured 0.7833 against 0.7827.)
     assert result["auc"] > history["val_auc"][1] + 0.01
     single = _single_process_auc()
     print(f"validation AUC: 1 process {single:.4f}, killed server and resumed {result['auc']:.4f}")
@@ -389,9 +423,7 @@ def chief_main(config_path):
     model, history = ps.fit(
         lambda: options.build(train.fields, "binary"),
         lambda context: train.dataset(BATCH, seed=0),
-        (lambda context: test.dataset(VALID_BATCH, shuffle=False))
-        if config.get("validate", True)
-        else None,
+        lambda context: test.dataset(VALID_BATCH, shuffle=False),
         strategy=strategy,
         settings=settings,
         out=out,

@@ -239,7 +239,11 @@ class _Steps:
 
 
 def _epoch(steps, dataset, step, metrics, prefix):
-    """One pass over a distributed dataset: the mean loss and the metrics of all workers."""
+    """One pass over a distributed dataset: the mean loss and the metrics of all workers.
+
+    The loss is the mean over the pass's examples, as `model.fit` reports it
+    (a short last batch weighs its rows, not a whole step).
+    """
     loss_sum, rows, batches = 0.0, 0.0, 0
     iterator = iter(dataset)
     while True:
@@ -247,12 +251,13 @@ def _epoch(steps, dataset, step, metrics, prefix):
         if not element.has_value():
             break
         loss, count = step(*element.get_value())
-        loss_sum, rows, batches = loss_sum + loss, rows + count, batches + 1
-    if prefix:  # evaluation: sums of this worker, summed over all of them
-        loss_sum, rows = steps.all_sum([tf.constant(float(loss_sum)), tf.constant(float(rows))])
-        mean = float(loss_sum) / max(float(rows), 1.0)
-    else:  # training: the global loss of every step, already the same everywhere
-        mean = float(loss_sum) / max(batches, 1)
+        # Training: the global batch's mean loss and rows, the same everywhere;
+        # evaluation: this worker's loss sum and rows.
+        loss_sum += float(loss) if prefix else float(loss) * float(count)
+        rows, batches = rows + float(count), batches + 1
+    if prefix:  # evaluation: summed over all the workers
+        loss_sum, rows = steps.all_sum([tf.constant(loss_sum), tf.constant(rows)])
+    mean = float(loss_sum) / max(float(rows), 1.0)
     return {f"{prefix}loss": mean, **steps.results(metrics, prefix)}, batches
 
 

@@ -332,13 +332,20 @@ def _shards_of(table):
 
 
 def _run_epoch(coordinator, step, batches) -> tuple[float, int, float]:
-    """Schedules `step` on every batch and waits: mean loss, steps, mean touched rows."""
-    results = [coordinator.schedule(step, args=batch) for batch in batches]
+    """Schedules `step` on every batch and waits: mean loss, steps, mean touched rows.
+
+    The loss is the mean over the epoch's examples (each batch's mean loss
+    weighted by its size), as `model.fit` reports it: a short last batch
+    counts for its rows, not as a whole step.
+    """
+    scheduled = [(coordinator.schedule(step, args=batch), len(batch[1])) for batch in batches]
     coordinator.join()
-    fetched = np.array([[float(x) for x in r.fetch()] for r in results]).reshape(-1, 2)
-    if not len(fetched):
+    if not scheduled:
         return float("nan"), 0, 0.0
-    return float(fetched[:, 0].mean()), len(fetched), float(fetched[:, 1].mean())
+    fetched = np.array([[float(x) for x in r.fetch()] for r, _ in scheduled]).reshape(-1, 2)
+    sizes = np.array([n for _, n in scheduled], dtype=float)
+    loss = float(np.average(fetched[:, 0], weights=sizes))
+    return loss, len(fetched), float(fetched[:, 1].mean())
 
 
 def _validate(coordinator, trainer, final, batches) -> dict:
@@ -380,6 +387,62 @@ def _restore(trainer, checkpoint_dir, resuming, log) -> int:
     epoch = int(trainer.epoch.numpy())
     log(f"Resuming from {latest} (after epoch {epoch}).")
     return epoch
+
+
+def _build(build_model, strategy) -> tuple[keras.Model, "ShardedTrainer"]:
+    """The model built outside the strategy, and the trainer of its sharded twin."""
+    final = build_model()
+    shapes = [tuple(v.shape) for v in final.variables if is_embedding_table(v)]
+    with sharding_tables(shapes), strategy.scope():
+        model = build_model()
+        # The sharded model starts from `final`'s initial weights: the ones
+        # `model.fit` would start from after the same seed (a second build
+        # draws other values), so one worker's steps are fit's steps.
+        model.set_weights(final.get_weights())
+        return final, ShardedTrainer(model, strategy)
+
+
+@dataclasses.dataclass
+class _Epochs:
+    """What the epochs of one `fit` share, and one epoch's work."""
+
+    coordinator: tf.distribute.experimental.coordinator.ClusterCoordinator
+    trainer: ShardedTrainer
+    final: keras.Model
+    train_data: tf.data.Dataset
+    valid_data: tf.data.Dataset | None
+    manager: tf.train.CheckpointManager
+    states: callback_state.EpochStates
+    callbacks: list
+    log: Callable[[str], None]
+    epochs: int
+
+    def run(self, epoch: int) -> float:
+        """Trains and validates `epoch`, runs the callbacks, saves; the mean touched rows."""
+        for callback in self.callbacks:
+            callback.on_epoch_begin(epoch)
+        began = time.monotonic()
+        loss, steps, rows = _run_epoch(self.coordinator, self.trainer.train_step, self.train_data)
+        logs = {"loss": loss}
+        if self.valid_data is not None:
+            logs.update(_validate(self.coordinator, self.trainer, self.final, self.valid_data))
+        learning_rate = self.trainer.model.optimizer.learning_rate
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(learning_rate))
+        seconds = time.monotonic() - began
+        for callback in self.callbacks:
+            callback.on_epoch_end(epoch, logs)
+        self.save(epoch + 1)
+        self.log(
+            f"Epoch {epoch + 1}/{self.epochs}: {steps} steps, {seconds:.1f} s, {_format(logs)}"
+        )
+        return rows
+
+    def save(self, done: int) -> None:
+        """Checkpoints after `done` epochs (after the callbacks: it holds the LR they set)."""
+        self.trainer.epoch.assign(done)
+        self.states.save(self.callbacks, done)
+        self.manager.save()
+        self.states.prune(done)
 
 
 def fit(
@@ -428,53 +491,44 @@ def fit(
         raise ValueError(
             f"`strategy` must be a ParameterServerStrategy. Received: {type(strategy).__name__}"
         )
-    final = build_model()
-    shapes = [tuple(v.shape) for v in final.variables if is_embedding_table(v)]
-    with sharding_tables(shapes), strategy.scope():
-        model = build_model()
-        trainer = ShardedTrainer(model, strategy)
-    coordinator = tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)
+    final, trainer = _build(build_model, strategy)
+    model = trainer.model
     context = tf.distribute.InputContext()
-    train_data = train_dataset_fn(context)
     valid_data = valid_dataset_fn(context) if valid_dataset_fn is not None else None
     checkpoint_dir = pathlib.Path(checkpoint_dir)
-    manager = tf.train.CheckpointManager(
-        trainer.checkpoint, str(checkpoint_dir), max_to_keep=2, checkpoint_name=_CHECKPOINT_PREFIX
-    )
     start = _restore(trainer, str(checkpoint_dir), resuming, log)
     epoch_log, own = _callbacks(task, out, settings, valid_data is not None, start > 0)
-    callbacks = [*callbacks, *own]
-    states = callback_state.EpochStates(checkpoint_dir)
-    for callback in callbacks:
+    epochs = _Epochs(
+        tf.distribute.experimental.coordinator.ClusterCoordinator(strategy),
+        trainer,
+        final,
+        train_dataset_fn(context),
+        valid_data,
+        tf.train.CheckpointManager(
+            trainer.checkpoint,
+            str(checkpoint_dir),
+            max_to_keep=2,
+            checkpoint_name=_CHECKPOINT_PREFIX,
+        ),
+        callback_state.EpochStates(checkpoint_dir),
+        [*callbacks, *own],
+        log,
+        settings.epochs,
+    )
+    for callback in epochs.callbacks:
         callback.set_model(model)
     model.stop_training = False
-    for callback in callbacks:
+    for callback in epochs.callbacks:
         callback.on_train_begin()
     if start:
-        states.load(callbacks, start)
+        epochs.states.load(epochs.callbacks, start)
     for epoch in range(start, settings.epochs):
-        for callback in callbacks:
-            callback.on_epoch_begin(epoch)
-        began = time.monotonic()
-        loss, steps, rows = _run_epoch(coordinator, trainer.train_step, train_data)
-        logs = {"loss": loss}
-        if valid_data is not None:
-            logs.update(_validate(coordinator, trainer, final, valid_data))
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-        seconds = time.monotonic() - began
-        for callback in callbacks:
-            callback.on_epoch_end(epoch, logs)
-        # After the callbacks: the checkpoint holds the learning rate they set.
-        trainer.epoch.assign(epoch + 1)
-        states.save(callbacks, epoch + 1)
-        manager.save()
-        states.prune(epoch + 1)
-        log(f"Epoch {epoch + 1}/{settings.epochs}: {steps} steps, {seconds:.1f} s, {_format(logs)}")
+        rows = epochs.run(epoch)
         if epoch == start:
-            log(_describe_traffic(trainer.traffic(rows, next(iter(train_data))[0])))
+            log(_describe_traffic(trainer.traffic(rows, next(iter(epochs.train_data))[0])))
         if model.stop_training:
             break
-    for callback in callbacks:
+    for callback in epochs.callbacks:
         callback.on_train_end()
     gather_weights(model, final)
     return final, epoch_log.history
