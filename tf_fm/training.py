@@ -681,45 +681,35 @@ def _run_schema(spec, files, valid_files, schema, out, resuming, inference, on_e
     return schema
 
 
-def _fit(model, train_data, valid_data, out, resuming, settings, task, log, verbose):
+def _fit(job, model, train_data, valid_data):
     """`model.fit` with the run's callbacks; returns the whole run's per-epoch history."""
+    out, settings = job.out, job.settings
     if valid_data is None:
-        log("No validation files: no early stopping or learning-rate decay, fixed epochs.")
-    epoch_log = EpochLog(out / HISTORY_FILE, resume=resuming)
+        job.log("No validation files: no early stopping or learning-rate decay, fixed epochs.")
+    epoch_log = EpochLog(out / HISTORY_FILE, resume=job.resuming)
     callbacks = [
         epoch_log,
-        *training_callbacks(task, valid_data is not None, settings.patience, out / BACKUP_DIR),
+        *training_callbacks(job.task, valid_data is not None, settings.patience, out / BACKUP_DIR),
     ]
-    if resuming:
-        log(f"Resuming from {out / BACKUP_DIR} (the last finished epoch).")
+    if job.resuming:
+        job.log(f"Resuming from {out / BACKUP_DIR} (the last finished epoch).")
     model.fit(
         train_data,
         validation_data=valid_data,
         epochs=settings.epochs,
         shuffle=False,  # the reader shuffles (files, then windows of rows)
         callbacks=callbacks,
-        verbose=progress_verbosity() if verbose is None else verbose,
+        verbose=progress_verbosity() if job.verbose is None else job.verbose,
     )
     return epoch_log.history
 
 
-def _fit_distributed(
-    model_options,
-    schema,
-    pipeline,
-    files,
-    valid_files,
-    out,
-    resuming,
-    settings,
-    task,
-    log,
-    distribution,
-):
+def _fit_distributed(job, pipeline):
     """`tf_fm.distributed.loop.fit` on the run's readers, sharded over the workers."""
     from tf_fm.distributed import loop
 
-    strategy, checkpoint_dir = distribution
+    strategy, checkpoint_dir = job.distribution
+    settings = job.settings
 
     def dataset_fn(paths, shuffle):
         return loop.sharded_dataset_fn(
@@ -732,16 +722,16 @@ def _fit_distributed(
         )
 
     return loop.fit(
-        lambda: model_options.build(schema, task),
-        dataset_fn(files, True),
-        dataset_fn(valid_files, False) if valid_files else None,
+        lambda: job.model_options.build(job.schema, job.task),
+        dataset_fn(job.files, True),
+        dataset_fn(job.valid_files, False) if job.valid_files else None,
         strategy=strategy,
         settings=settings,
-        out=out,
+        out=job.out,
         checkpoint_dir=checkpoint_dir,
-        resuming=resuming,
-        task=task,
-        log=log,
+        resuming=job.resuming,
+        task=job.task,
+        log=job.log,
     )
 
 
@@ -873,20 +863,14 @@ def train(
         )
         write_json(work / RUN_FILE, _run_config(spec, model_options, settings, request))
         _train_and_report(
-            work,
-            spec,
-            schema,
-            files,
-            valid_files,
-            model_options,
-            settings,
-            resuming,
+            _Job(
+                work, spec, schema, files, valid_files, model_options, settings, resuming,
+                log, verbose,
+                distribution=(strategy, out / BACKUP_DIR) if strategy is not None else None,
+                warm_model=warm.model if warm is not None and not resuming else None,
+            ),
             plots,
-            log,
-            verbose,
-            (strategy, out / BACKUP_DIR) if strategy is not None else None,
-            warm.model if warm is not None and not resuming else None,
-        )
+        )  # fmt: skip
     if not chief:
         shutil.rmtree(work, ignore_errors=True)
         return None
@@ -952,48 +936,60 @@ def _check_validation_files(spec, valid_files, on_error, log):
         pass
 
 
-def _train_and_report(
-    out,
-    spec,
-    schema,
-    files,
-    valid_files,
-    model_options,
-    settings,
-    resuming,
-    plots,
-    log,
-    verbose,
-    distribution=None,
-    warm_model=None,
-):
-    """Fits, saves the model, writes metrics.json (and plots): the run after its schema.
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What training one run takes, once its schema is settled.
 
-    `distribution`: None, or `(strategy, checkpoint_dir)` for `tf_fm.distributed.loop.fit`.
-    `warm_model`: None, or `() -> trained model` to start from (`tf_fm.warm_start.transfer`).
+    `out` is where the run is written (a worker off the chief: its scratch
+    directory); `distribution` None, or `(strategy, checkpoint_dir)` for
+    `tf_fm.distributed.loop.fit`; `warm_model` None, or `() -> trained model`
+    to start from (`tf_fm.warm_start.transfer`).
     """
-    _check_validation_files(spec, valid_files, settings.on_error, log)
-    report = ReadReport() if settings.on_error == "skip" else None
 
-    def pipeline(paths, shuffle, batch_size=settings.batch_size):
+    out: pathlib.Path
+    spec: formats.DataSpec
+    schema: FeatureSchema
+    files: list
+    valid_files: list
+    model_options: ModelOptions
+    settings: TrainSettings
+    resuming: bool
+    log: Log
+    verbose: int | None
+    distribution: tuple | None = None
+    warm_model: Callable[[], keras.Model] | None = None
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def pipeline(self, paths, shuffle, batch_size=None, report=None):
+        """The preprocessed batches of `paths`, read as the run's settings say."""
+        settings = self.settings
         raw = formats.read_files(
-            spec,
+            self.spec,
             paths,
-            batch_size=batch_size,
+            batch_size=batch_size or settings.batch_size,
             shuffle_buffer=settings.shuffle_buffer if shuffle else None,
             seed=settings.seed,
             on_error=settings.on_error,
             report=report,
         )
-        return schema.preprocess(raw)
+        return self.schema.preprocess(raw)
 
-    valid_data = pipeline(valid_files, shuffle=False) if valid_files else None
-    task = spec.task
+
+def _train_and_report(job, plots):
+    """Fits, saves the model, writes metrics.json (and plots): the run after its schema."""
+    settings, log, out = job.settings, job.log, job.out
+    _check_validation_files(job.spec, job.valid_files, settings.on_error, log)
+    report = ReadReport() if settings.on_error == "skip" else None
+
+    def pipeline(paths, shuffle, batch_size=None):
+        return job.pipeline(paths, shuffle, batch_size, report)
+
+    valid_data = pipeline(job.valid_files, shuffle=False) if job.valid_files else None
     start = time.monotonic()
-    trained = _trained_model(
-        model_options, schema, pipeline, files, valid_files, valid_data, out, resuming,
-        settings, task, log, verbose, distribution, warm_model,
-    )  # fmt: skip
+    trained = _trained_model(job, pipeline, valid_data)
     if trained is None:
         return  # a worker that is not the chief: the chief writes the run
     keras_model, history = trained
@@ -1001,48 +997,40 @@ def _train_and_report(
     calibration = _calibrate(keras_model, valid_data, settings, log)
     save_model(keras_model, out / MODEL_FILE)
     shutil.rmtree(out / BACKUP_DIR, ignore_errors=True)
-    result, labels, predictions = _results(keras_model, valid_data, history, task, report, seconds)
-    result["model"] = model_options.model
+    result, labels, predictions = _results(
+        keras_model, valid_data, history, job.task, report, seconds
+    )
+    result["model"] = job.model_options.model
     if calibration is not None:
         result["calibration"] = calibration
     write_json(out / METRICS_FILE, result)
     _log_results(result, out, report, log)
     if plots:
         paths = plots_lib.save_plots(
-            plots, history=history, labels=labels, predictions=predictions, task=task
+            plots, history=history, labels=labels, predictions=predictions, task=job.task
         )
         log(f"Plots: {', '.join(str(p) for p in paths.values())}")
 
 
-def _trained_model(
-    model_options, schema, pipeline, files, valid_files, valid_data, out, resuming,
-    settings, task, log, verbose, distribution, warm_model,
-):  # fmt: skip
+def _trained_model(job, pipeline, valid_data):
     """`(model, history)`: sampled (`bayesfm`), fit, or fit under `distribution`; None off chief."""
-    if model_options.model == "bayesfm":
+    options, log = job.model_options, job.log
+    if options.model == "bayesfm":
         log(
-            f"Sampling bayesfm: {model_options.burn_in} burn-in and {model_options.samples} "
+            f"Sampling bayesfm: {options.burn_in} burn-in and {options.samples} "
             "kept sweeps (a chain from scratch on every run) ..."
         )
-        train_data = pipeline(files, shuffle=False)  # read once, in order
-        return _sample_bayesian(
-            model_options, schema, train_data, valid_data, settings, task, out, log
-        )
-    log(f"Training {model_options.model} for at most {settings.epochs} epochs ...")
-    if distribution is None:
-        keras_model = model_options.build(schema, task)
-        if warm_model is not None:
-            warm_start_lib.transfer(warm_model(), keras_model)
-        train_data = pipeline(files, shuffle=True)
-        history = _fit(
-            keras_model, train_data, valid_data, out, resuming, settings, task, log, verbose
-        )
+        train_data = pipeline(job.files, shuffle=False)  # read once, in order
+        return _sample_bayesian(job, train_data, valid_data)
+    log(f"Training {options.model} for at most {job.settings.epochs} epochs ...")
+    if job.distribution is None:
+        keras_model = options.build(job.schema, job.task)
+        if job.warm_model is not None:
+            warm_start_lib.transfer(job.warm_model(), keras_model)
+        history = _fit(job, keras_model, pipeline(job.files, shuffle=True), valid_data)
         return keras_model, history
-    keras_model, history = _fit_distributed(
-        model_options, schema, pipeline, files, valid_files, out, resuming, settings, task, log,
-        distribution,
-    )  # fmt: skip
-    if not distribution[0].extended.should_checkpoint:
+    keras_model, history = _fit_distributed(job, pipeline)
+    if not job.distribution[0].extended.should_checkpoint:
         return None
     return keras_model, history
 
@@ -1060,19 +1048,20 @@ def _check_bayesian(model_options, task, cluster, warm):
             raise UsageError(f"model bayesfm: {why}")
 
 
-def _sample_bayesian(model_options, schema, train_data, valid_data, settings, task, out, log):
+def _sample_bayesian(job, train_data, valid_data):
     """Runs `BayesianFM`'s chain; its posterior-mean FM and per-sweep history (history.json)."""
+    options = job.model_options
     sampler = bayesian_lib.BayesianFM(
-        schema,
-        embedding_dim=model_options.embedding_dim,
-        samples=model_options.samples,
-        burn_in=model_options.burn_in,
-        seed=settings.seed,
-        task=task,
+        job.schema,
+        embedding_dim=options.embedding_dim,
+        samples=options.samples,
+        burn_in=options.burn_in,
+        seed=job.settings.seed,
+        task=job.task,
     )
-    model = sampler.fit(train_data, validation_data=valid_data, log=log)
+    model = sampler.fit(train_data, validation_data=valid_data, log=job.log)
     history = {k: [float(v) for v in values] for k, values in sampler.history.items()}
-    write_json(out / HISTORY_FILE, history)
+    write_json(job.out / HISTORY_FILE, history)
     return model, history
 
 
