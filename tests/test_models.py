@@ -194,6 +194,22 @@ def test_keras_save_load_without_custom_objects(builder, kwargs, tmp_path):
     )
 
 
+@pytest.mark.parametrize("builder", [tf_fm.FM, tf_fm.DeepFM, tf_fm.NFM, tf_fm.FwFM])
+def test_start_at_base_rate_makes_the_first_predictions_the_mean(builder):
+    inputs = random_inputs(500)
+    binary = builder(FIELDS, embedding_dim=4)
+    assert np.mean(binary.predict(inputs, verbose=0)) == pytest.approx(0.5, abs=0.02)
+    w0 = tf_fm.models.start_at_base_rate(binary, 0.03, "binary")
+    assert w0 == pytest.approx(np.log(0.03 / 0.97))
+    assert float(binary.get_layer("logit").bias.numpy()) == pytest.approx(w0)
+    assert np.mean(binary.predict(inputs, verbose=0)) == pytest.approx(0.03, abs=0.003)
+    regression = builder(FIELDS, embedding_dim=4, task="regression")
+    assert tf_fm.models.start_at_base_rate(regression, 3.5, "regression") == 3.5
+    assert np.mean(regression.predict(inputs, verbose=0)) == pytest.approx(3.5, abs=0.05)
+    # A base rate of 0 or 1 (a file of one class) is clipped, not an infinite bias.
+    assert np.isfinite(tf_fm.models.start_at_base_rate(binary, 0.0, "binary"))
+
+
 def test_deepfm_invalid_dnn_arguments():
     with pytest.raises(ValueError, match="dnn_units"):
         tf_fm.DeepFM(FIELDS, dnn_units=(8, 0))

@@ -95,6 +95,35 @@ def test_train_writes_a_run_that_loads(tmp_path):
         training.train(str(train_file), format="csv", label="click", output=run.path)
 
 
+def test_train_starts_the_global_bias_at_the_training_base_rate(tmp_path, monkeypatch):
+    train_file, _ = _csv_files(tmp_path)
+    clicks = pd.read_csv(train_file)["click"]
+    monkeypatch.setattr(training, "BASE_RATE_ROWS", 8192)  # one batch: every row here
+    built = []
+    monkeypatch.setattr(
+        training.models_lib,
+        "start_at_base_rate",
+        lambda model, mean, task: built.append((mean, task)) or 0.0,
+    )
+    lines = []
+    for initial_bias, out in ((None, "zero"), ("mean", "mean")):  # binary: zero by default
+        training.train(
+            str(train_file), format="csv", label="click", output=tmp_path / out, model="fm",
+            epochs=1, batch_size=128, log=lines.append, verbose=0, initial_bias=initial_bias,
+        )  # fmt: skip
+    assert built == [(pytest.approx(clicks.mean()), "binary")]
+    assert any(f"mean {clicks.mean():.4g} (first 1,200 rows" in line for line in lines)
+    # Regression starts at the mean target by default.
+    training.train(
+        str(train_file), format="csv", label="price", task="regression", model="fm",
+        output=tmp_path / "regression", epochs=1, batch_size=128, log=lines.append, verbose=0,
+    )  # fmt: skip
+    prices = pd.read_csv(train_file)["price"]
+    assert built[1] == (pytest.approx(prices.mean()), "regression")
+    with pytest.raises(UsageError, match="initial_bias must be one of"):
+        training.TrainSettings(initial_bias="median")
+
+
 def test_train_rejects_bad_settings_before_reading(tmp_path):
     with pytest.raises(UsageError, match="epochs must be a positive integer"):
         training.train("x.csv", format="csv", epochs=0, output=tmp_path / "r")

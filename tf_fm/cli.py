@@ -80,6 +80,7 @@ def cmd_train(args):
         on_error=args.on_error,
         calibration=args.calibration,
         negative_downsampling=args.negative_downsampling,
+        initial_bias=args.initial_bias,
         overwrite=args.overwrite,
         plots=args.plots,
         log=_say,
@@ -590,6 +591,14 @@ def _add_train_probability_flags(group):
 
 def _add_train_weights_flags(group):
     """The weights of `tf-fm train`: their update rule, starting point and processes."""
+    group.add_argument(
+        "--initial-bias",
+        choices=["mean", "zero"],  # training.INITIAL_BIASES
+        default=None,
+        help="where the global bias starts: mean (the training labels' mean; for binary, "
+        "the logit of the click rate: use it for rare clicks) or zero (default: mean for "
+        "regression, zero for binary)",
+    )
     group.add_argument(
         "--optimizer",
         choices=["lazy_adam", "rowwise_adagrad"],  # models.EMBEDDING_OPTIMIZERS

@@ -75,6 +75,9 @@ MODELS = ("fm", "deepfm", "hofm", "fwfm", "ffm", "nfm", "bayesfm")
 EPOCHS_WITH_VALIDATION = 100
 
 Log = Callable[[str], None]
+# Rows read (from the start of the training files) for the base rate w0 starts at.
+BASE_RATE_ROWS = 1 << 20
+INITIAL_BIASES = ("mean", "zero")  # TrainSettings.initial_bias
 
 
 def _say(text: str) -> None:
@@ -267,6 +270,17 @@ class TrainSettings:
             them); training sees them as they are, the saved model and its
             export output q = p / (p + (1 - p) / w). Validation files are
             taken to be from the full distribution. Defaults to None.
+        initial_bias: str or None. Where the global bias w0 starts: `"mean"`,
+            the training labels' mean (`tf_fm.models.start_at_base_rate`:
+            logit of the click rate for a binary model), or `"zero"`. None:
+            `"mean"` for regression, `"zero"` for binary. Measured
+            (`tf_fm.train` defaults otherwise): MovieLens ratings, test RMSE
+            0.890 in 85 epochs from zero, 0.856 in 18 from the mean; binary
+            at common click rates it is no gain (criteo_tiny DeepFM test
+            AUC 0.7323 from zero, 0.7272 from the mean; MovieLens >= 4 0.786
+            either way); at rare clicks it is (iPinYou sample, 0.5%: test
+            log loss 0.069 from zero, 0.020 from the mean; base rate 0.017).
+            Defaults to None.
     """
 
     epochs: int | None = None
@@ -277,6 +291,7 @@ class TrainSettings:
     on_error: str = "raise"
     calibration: str = "none"
     negative_downsampling: float | None = None
+    initial_bias: str | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "patience", "shuffle_buffer"):
@@ -291,6 +306,11 @@ class TrainSettings:
             raise UsageError(
                 f"calibration must be one of {calibration_lib.METHODS}. "
                 f"Received: {self.calibration!r}"
+            )
+        if self.initial_bias not in (None, *INITIAL_BIASES):
+            raise UsageError(
+                f"initial_bias must be one of {INITIAL_BIASES} or None. "
+                f"Received: {self.initial_bias!r}"
             )
         rate = self.negative_downsampling
         if rate is not None and (
@@ -704,8 +724,8 @@ def _fit(job, model, train_data, valid_data):
     return epoch_log.history
 
 
-def _fit_distributed(job, pipeline):
-    """`tf_fm.distributed.loop.fit` on the run's readers, sharded over the workers."""
+def _fit_distributed(job, pipeline, build):
+    """`tf_fm.distributed.loop.fit` of `build`'s model on the run's readers, sharded."""
     from tf_fm.distributed import loop
 
     strategy, checkpoint_dir = job.distribution
@@ -722,7 +742,7 @@ def _fit_distributed(job, pipeline):
         )
 
     return loop.fit(
-        lambda: job.model_options.build(job.schema, job.task),
+        build,
         dataset_fn(job.files, True),
         dataset_fn(job.valid_files, False) if job.valid_files else None,
         strategy=strategy,
@@ -1023,16 +1043,62 @@ def _trained_model(job, pipeline, valid_data):
         train_data = pipeline(job.files, shuffle=False)  # read once, in order
         return _sample_bayesian(job, train_data, valid_data)
     log(f"Training {options.model} for at most {job.settings.epochs} epochs ...")
+    build = _initial_model(job)
     if job.distribution is None:
-        keras_model = options.build(job.schema, job.task)
-        if job.warm_model is not None:
-            warm_start_lib.transfer(job.warm_model(), keras_model)
+        keras_model = build()
         history = _fit(job, keras_model, pipeline(job.files, shuffle=True), valid_data)
         return keras_model, history
-    keras_model, history = _fit_distributed(job, pipeline)
+    keras_model, history = _fit_distributed(job, pipeline, build)
     if not job.distribution[0].extended.should_checkpoint:
         return None
     return keras_model, history
+
+
+def _initial_model(job):
+    """`() -> compiled model` as training starts it: warm, or w0 as `initial_bias` says.
+
+    A resumed run's weights come from its backup, so it reads nothing here.
+    """
+    options, task = job.model_options, job.task
+    if job.warm_model is not None:
+
+        def warm():
+            model = options.build(job.schema, task)
+            warm_start_lib.transfer(job.warm_model(), model)
+            return model
+
+        return warm
+    initial_bias = job.settings.initial_bias or ("mean" if task == "regression" else "zero")
+    if job.resuming or initial_bias == "zero":
+        return lambda: options.build(job.schema, task)
+    mean, rows = _label_mean(job)
+    job.log(
+        f"Global bias w0 starts at the training labels' mean {mean:.4g} "
+        f"(first {rows:,} rows; models.start_at_base_rate)."
+    )
+
+    def at_base_rate():
+        model = options.build(job.schema, task)
+        models_lib.start_at_base_rate(model, mean, task)
+        return model
+
+    return at_base_rate
+
+
+def _label_mean(job) -> tuple[float, int]:
+    """The (weighted) mean label of the first `BASE_RATE_ROWS` training rows, and their count."""
+    batch = 8192
+    total = weights = 0.0
+    rows = 0
+    for element in job.pipeline(job.files, shuffle=False, batch_size=batch).take(
+        -(-BASE_RATE_ROWS // batch)
+    ):
+        label = np.asarray(element[1], np.float64).reshape(-1)
+        weight = np.asarray(element[2], np.float64).reshape(-1) if len(element) > 2 else 1.0
+        total += float(np.sum(label * weight))
+        weights += float(np.sum(np.broadcast_to(weight, label.shape)))
+        rows += len(label)
+    return (total / weights if weights > 0 else 0.0), rows
 
 
 def _check_bayesian(model_options, task, cluster, warm):
