@@ -1,6 +1,6 @@
 """The Bayesian FM (Gibbs sampling): the blocked sampler against a coordinate-wise numpy
-reference driven by the same random numbers, posterior recovery on a known FM, the
-posterior-mean export, and bad input."""
+reference driven by the same random numbers, the caches' float drift, posterior recovery
+on a known FM, the posterior-mean export, and bad input."""
 
 import itertools
 
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tf_fm import CategoricalFeature, MultiValuedFeature, NumericFeature
-from tf_fm.bayesian import BayesianFM, Draws, GibbsSampler, Priors
+from tf_fm.bayesian import REFRESH_EVERY, BayesianFM, Draws, GibbsSampler, Priors
 from tf_fm.data.synthetic import make_fm_data
 from tf_fm.layers import FieldEmbedding
 
@@ -157,7 +157,8 @@ class ReferenceSampler:
                 )
 
 
-def tiny_problem(n=30, seed=3):
+def tiny_problem(n=30, seed=3, by_user=False):
+    """Five fields, `n` random rows; `by_user`: the rows sorted by user, as files often are."""
     rng = np.random.default_rng(seed)
     features = [
         CategoricalFeature("user", encoding="integer", num_ids=5),
@@ -181,6 +182,9 @@ def tiny_problem(n=30, seed=3):
         "tags_weights": rng.uniform(0.5, 2.0, (n, 3)).astype(np.float32),
     }
     y = rng.normal(size=n) + inputs["user"] * 0.5
+    if by_user:
+        order = np.argsort(inputs["user"], kind="stable")
+        inputs, y = {name: value[order] for name, value in inputs.items()}, y[order]
     return features, inputs, y
 
 
@@ -196,12 +200,28 @@ def tiny_reference_design(layout, inputs, n):
     return x, [rows[0], rows[1], rows[2] + rows[3], rows[4]]
 
 
-def test_blocked_chain_equals_coordinate_wise_reference():
-    features, inputs, y = tiny_problem()
+def block_kind(block):
+    """How the sampler sums a block's rows: (several ids, a subset of rows, by runs)."""
+    return len(block.params) > 1, block.data_rows is not None, block.segments.runs is not None
+
+
+# `tiny_problem` arguments -> kinds of blocks the problem has: between them every
+# way the sampler sums the rows of a block (`block_kind`).
+REFERENCE_PROBLEMS = {
+    (30, 3, False): {(True, False, False), (False, False, False), (False, True, False)},
+    (20, 1, True): {(True, False, True), (True, True, True)},
+    (12, 5, True): {(True, True, False)},
+}
+
+
+@pytest.mark.parametrize("problem", list(REFERENCE_PROBLEMS))
+def test_blocked_chain_equals_coordinate_wise_reference(problem):
+    features, inputs, y = tiny_problem(*problem)
     k, priors = 3, Priors(w0_precision=0.5, gamma_0=2.0, mu_0=0.1)
     layout = FieldEmbedding(features, embedding_dim=1)
     recording = RecordingDraws(seed=11)
     sampler = GibbsSampler(layout, inputs, y, k, priors, recording)
+    assert {block_kind(b) for b in sampler.blocks} >= REFERENCE_PROBLEMS[problem]
 
     x, groups = tiny_reference_design(layout, inputs, len(y))
     fields = layout.fields
@@ -227,6 +247,26 @@ def test_blocked_chain_equals_coordinate_wise_reference():
     np.testing.assert_allclose(sampler.mu_v, reference.mu_v, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(sampler.lambda_v, reference.lambda_v, rtol=1e-8)
     np.testing.assert_allclose(sampler.e, reference.residual(), rtol=1e-8, atol=1e-10)
+
+
+def test_caches_drift_by_rounding_only_between_refreshes():
+    """e and q follow each draw and are recomputed every REFRESH_EVERY sweeps: just
+    before each recomputation they are within float rounding of it."""
+    features, inputs, y = tiny_problem()
+    layout = FieldEmbedding(features, embedding_dim=1)
+    sampler = GibbsSampler(layout, inputs, y, 3, Priors(), Draws(seed=2))
+    recompute, drifts = sampler.refresh, []
+
+    def refresh():
+        e, q = sampler.e.copy(), sampler.q.copy()
+        recompute()
+        drifts.append(max(np.abs(e - sampler.e).max(), np.abs(q - sampler.q).max()))
+
+    sampler.refresh = refresh
+    for _ in range(5 * REFRESH_EVERY):
+        sampler.sweep()
+    assert len(drifts) == 5
+    assert max(drifts) < 1e-12
 
 
 def test_chain_is_reproducible_and_dataset_input_matches_arrays():
