@@ -22,17 +22,31 @@ Datasets (see `../shared/data/README.md`):
 The split files are written to a temporary directory (the samples are read
 from `../shared/data`, never copied into the repository).
 
+Peers, in the same seed loop on the same split files: `fuxictr_deepfm`
+(FuxiCTR's DeepFM, PyTorch, BARS's tuned configs) and `deepctr_deepfm`
+(DeepCTR's DeepFM, Keras 2, its documented example) run by
+`quality_peers.py` in their own venvs (`--fuxictr-python`,
+`--deepctr-python`; `--install-peers` creates both); its docstring states
+each configuration choice. A missing interpreter or import gives a "not
+installed" row. For the peers, criteo_tiny's 13 numeric columns are declared
+numeric and movielens `genres` multi-valued (FuxiCTR `sequence`, DeepCTR
+`VarLenSparseFeat`).
+
 Usage:
     python benchmarks/quality.py                              # all, 3 seeds
     python benchmarks/quality.py --datasets criteo --models fm deepfm --seeds 0
     python benchmarks/quality.py --out benchmarks/quality.md --json /tmp/quality.jsonl
     python benchmarks/quality.py --summarize /tmp/quality.jsonl   # the table of earlier runs
+    python benchmarks/quality.py --install-peers                  # once: the peers' venvs
+    python benchmarks/quality.py --models fm deepfm fuxictr_deepfm deepctr_deepfm \
+        --json /tmp/quality_peers.jsonl --out benchmarks/quality_peers.md
 """
 
 import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +57,29 @@ DATA = os.environ.get(
 )
 DATASETS = ("criteo", "avazu", "criteo_tiny", "movielens")
 MODELS = ("fm", "deepfm", "hofm", "fwfm", "ffm", "nfm")
+# model -> --peer, and that peer's extra arguments: `fuxictr_deepfm_b1024` is
+# BARS's tuned config at tf_fm's default batch (4096 leaves 2-3 steps an epoch here).
+PEERS = {
+    "fuxictr_deepfm": "fuxictr",
+    "fuxictr_deepfm_b1024": "fuxictr",
+    "deepctr_deepfm": "deepctr",
+}
+PEER_ARGS = {"fuxictr_deepfm_b1024": ["--batch-size", "1024"]}
+PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quality_peers.py")
+PEER_NUMERIC = {"criteo_tiny": [f"I{i}" for i in range(1, 14)]}  # numeric csv columns
+TORCH_WHEEL = "/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+PEER_PACKAGES = {  # pinned: the versions the committed table was measured with
+    "fuxictr": [
+        "fuxictr==2.3.10", "polars==2.1.0", "ray==2.60.0", "pandas==3.1.1", "numpy==2.4.6",
+        "scikit-learn==1.9.1", "pyarrow==26.0.1", "h5py==3.16.0",
+    ],
+    # deepctr 0.9.3 fails on Python 3.11 + TF 2.15 (it pins h5py==3.7.0, which has no
+    # cp311 wheel, and imports tensorflow.python.keras.layers.LSTM, gone in 2.15).
+    "deepctr": [
+        "tensorflow-cpu==2.15.1", "deepctr==0.9.4", "numpy==1.26.4", "pandas==3.0.6",
+        "scikit-learn==1.9.1",
+    ],
+}  # fmt: skip
 
 
 # --- Data: (format, train files, dev files, test files, train options) --------
@@ -136,6 +173,51 @@ def run_one(dataset, data, model, seed, work):
     }
 
 
+def peer_command(dataset, data, model, seed, python):
+    fmt, train, dev, test, options = data
+    command = [python, PEER_SCRIPT, "--peer", PEERS[model], "--format", fmt, "--seed", str(seed)]
+    command += ["--train", train[0], "--dev", dev[0], "--test", test[0], "--dataset", dataset]
+    if "label" in options:
+        command += ["--label", options["label"]]
+    if "separator" in options:
+        command += ["--separator", options["separator"]]
+    if dataset in PEER_NUMERIC:
+        command += ["--numeric", *PEER_NUMERIC[dataset]]
+    return command + PEER_ARGS.get(model, [])
+
+
+def run_peer(dataset, data, model, seed, python):
+    """Runs a peer's DeepFM in its venv (`quality_peers.py`); its result, or one with "skipped"."""
+    row = {"dataset": dataset, "model": model, "seed": seed}
+    if not os.path.exists(python):
+        return {**row, "skipped": f"not installed: no interpreter {python}"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONHASHSEED": str(seed)}
+    command = peer_command(dataset, data, model, seed, python)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        missing = "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr
+        reason = "not installed" if missing else f"failed (exit {proc.returncode})"
+        return {**row, "skipped": f"{reason}: {tail}"[:200]}
+    result = json.loads(lines[-1])
+    keep = ("auc", "logloss", "epochs", "seconds", "config", "versions")
+    return {**row, **{k: result[k] for k in keep if k in result}}
+
+
+def install_peers(fuxictr_python, deepctr_python):
+    """Creates the peers' venvs (the ones the interpreters live in), pinned (PEER_PACKAGES)."""
+    for peer, python in (("fuxictr", fuxictr_python), ("deepctr", deepctr_python)):
+        venv = os.path.dirname(os.path.dirname(python))
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        pip = [python, "-m", "pip", "install", "--quiet"]
+        if peer == "fuxictr":  # torch first, the local CPU wheel: unpinned pip takes a CUDA build
+            torch = TORCH_WHEEL if os.path.isfile(TORCH_WHEEL) else "torch==2.13.0"
+            subprocess.run(pip + [torch], check=True)
+        subprocess.run(pip + PEER_PACKAGES[peer], check=True)
+        print(f"{peer}: {venv} ready", flush=True)
+
+
 # --- Table --------------------------------------------------------------------
 
 
@@ -154,8 +236,11 @@ def table(results, models, datasets):
     ]
     for dataset in datasets:
         for model in models:
-            rows = [r for r in results if r["dataset"] == dataset and r["model"] == model]
+            runs = [r for r in results if r["dataset"] == dataset and r["model"] == model]
+            rows = [r for r in runs if "skipped" not in r]
             if not rows:
+                if runs:
+                    lines.append(f"| {dataset} | {model} | {runs[0]['skipped']} | - | - | - |")
                 continue
             epochs = ", ".join(str(r["epochs"]) for r in rows)
             seconds = sum(r["seconds"] for r in rows) / len(rows)
@@ -168,15 +253,21 @@ def table(results, models, datasets):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + tuple(PEERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", help="write the markdown table here too")
     parser.add_argument("--json", help="append one JSON line per run here")
     parser.add_argument("--summarize", nargs="+", help="print the table of these JSON files")
+    parser.add_argument("--fuxictr-python", default="/work/peers_venvs/fuxictr/bin/python")
+    parser.add_argument("--deepctr-python", default="/work/peers_venvs/deepctr/bin/python")
+    parser.add_argument("--install-peers", action="store_true", help="create the peers' venvs")
     args = parser.parse_args(argv)
+    if args.install_peers:
+        install_peers(args.fuxictr_python, args.deepctr_python)
+        return
     if args.summarize:
         results = [json.loads(line) for path in args.summarize for line in open(path)]
-        print(table(results, MODELS, DATASETS))
+        print(table(results, MODELS + tuple(PEERS), DATASETS))
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not os.path.isdir(DATA):
@@ -188,25 +279,37 @@ def main(argv=None):
             # Seeds outermost, models alternating: the machine's drift spreads evenly.
             for seed in args.seeds:
                 for model in args.models:
-                    result = run_one(dataset, data, model, seed, work)
+                    if model in PEERS:
+                        python = getattr(args, f"{PEERS[model]}_python")
+                        result = run_peer(dataset, data, model, seed, python)
+                    else:
+                        result = run_one(dataset, data, model, seed, work)
                     results.append(result)
                     print(json.dumps(result), flush=True)
                     if args.json:
                         with open(args.json, "a") as f:
                             f.write(json.dumps(result) + "\n")
-    import keras
-    import tensorflow as tf
-
-    header = (
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs; seeds {args.seeds}.\n\n"
-    )
-    text = header + table(results, args.models, args.datasets) + "\n"
+    text = header(results, args) + table(results, args.models, args.datasets) + "\n"
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
+
+
+def header(results, args):
+    """Command, date, versions (tf_fm's and each peer's) and seeds."""
+    import keras
+    import tensorflow as tf
+
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    peers = sorted({f"{r['model']}: {r['versions']}" for r in results if "versions" in r})
+    peers = "".join(f"; {p}" for p in peers)
+    return (
+        f"Command: `{command}`\n\n"
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, Python "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs{peers}; seeds {args.seeds}.\n\n"
+    )
 
 
 if __name__ == "__main__":
