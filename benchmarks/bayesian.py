@@ -106,7 +106,7 @@ def run_bayesfm(schema, train_x, train_y, test_x, test_y, args):
         embedding_dim=args.rank,
         samples=args.samples,
         burn_in=args.burn_in,
-        seed=0,
+        seed=args.seed,
         task=args.task,
     )
     stamps = []  # the end of each sweep
@@ -165,6 +165,7 @@ def run_myfm(python, schema, train_x, train_y, test_x, test_y, args, workdir):
         rank=args.rank,
         n_iter=args.burn_in + args.samples,
         n_kept=args.samples,
+        seed=args.seed,
         binary=args.task == "binary",
     )
     out = workdir / "myfm.json"
@@ -195,7 +196,7 @@ def myfm_child(data_path, out_path):
     x_train, x_test = matrix("train"), matrix("test")
     binary = bool(data["binary"])
     learner = myfm.MyFMGibbsClassifier if binary else myfm.MyFMGibbsRegressor
-    model = learner(rank=int(data["rank"]), random_seed=0)
+    model = learner(rank=int(data["rank"]), random_seed=int(data["seed"]))
     stamps = []  # the end of each sweep
 
     def callback(i, fm, hyper, history):
@@ -284,6 +285,7 @@ def main(argv=None):
     parser.add_argument("--rank", type=int, default=10)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--burn-in", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="both chains' seed")
     parser.add_argument("--myfm-python", default="/tmp/bayes_bench_venv/bin/python")
     parser.add_argument("--skip", nargs="*", default=[], choices=["myfm", "sgd"])
     parser.add_argument("--out", default=None, help="write the markdown table here")
