@@ -644,15 +644,13 @@ def _given_schema(schema):
         raise UsageError(f"{schema} is not a valid schema file: {error}") from None
 
 
-def _warm_start_run(warm_start, schema, cluster, task):
+def _warm_start_run(warm_start, schema, task):
     """The finished run `train(warm_start=...)` goes on from, checked against the call."""
     if warm_start is None:
         return None
     if schema is not None:
         raise UsageError("warm_start goes on with the run's own schema: do not pass schema")
-    if cluster is not None:
-        raise UsageError("warm_start does not run on a cluster yet: train it in one process")
-    warm = Run(warm_start)
+    warm = Run(warm_start)  # on a cluster, every task reads it (on storage they all see)
     if not (warm.path / MODEL_FILE).is_file():
         raise UsageError(f"warm_start: {warm.path} has not finished training (no {MODEL_FILE})")
     if warm.task != task:
@@ -843,7 +841,9 @@ def train(
             state for the old ids, fresh rows for the new ones; the model and
             its architecture options are the run's (`l2`, `learning_rate` and
             the training settings may change). `output` must be another
-            directory.
+            directory. On a cluster every task reads the run, and the
+            weights alone go on (the distributed loops start their
+            optimizer state fresh).
         **options: fields of `ModelOptions` (`embedding_dim`, `dnn_units`,
             `dropout`, `batch_norm`, `l2`, `learning_rate`, `order`) and of
             `TrainSettings` (`epochs`, `batch_size`, `patience`, `seed`,
@@ -852,7 +852,7 @@ def train(
     Returns:
         The `Run`; None on a task of a cluster that is not the chief.
     """
-    warm = _warm_start_run(warm_start, schema, cluster, task)
+    warm = _warm_start_run(warm_start, schema, task)
     model_options, settings = _options(model, settings, options, warm)
     _check_calibration(settings, task, valid)
     _check_bayesian(model_options, task, cluster, warm)
@@ -1046,6 +1046,7 @@ def _trained_model(job, pipeline, valid_data):
     build = _initial_model(job)
     if job.distribution is None:
         keras_model = build()
+        del build  # and with it a warm start's old model, not needed while training
         history = _fit(job, keras_model, pipeline(job.files, shuffle=True), valid_data)
         return keras_model, history
     keras_model, history = _fit_distributed(job, pipeline, build)
@@ -1061,10 +1062,12 @@ def _initial_model(job):
     """
     options, task = job.model_options, job.task
     if job.warm_model is not None:
+        # Loaded here, outside the strategy's scope (it is read, not trained).
+        old, one_process = job.warm_model(), job.distribution is None
 
         def warm():
             model = options.build(job.schema, task)
-            warm_start_lib.transfer(job.warm_model(), model)
+            warm_start_lib.transfer(old, model, optimizer=one_process)
             return model
 
         return warm

@@ -145,7 +145,7 @@ def _moved(old_value, new_variable, maps):
     return new_value
 
 
-def transfer(old_model: keras.Model, new_model: keras.Model) -> None:
+def transfer(old_model: keras.Model, new_model: keras.Model, optimizer: bool = True) -> None:
     """Copies a trained model's weights and optimizer state into its extended rebuild.
 
     Args:
@@ -154,6 +154,10 @@ def transfer(old_model: keras.Model, new_model: keras.Model) -> None:
         new_model: the same builder and options on the extended schema
             (`extend_schema`), compiled; its initial values stay on the rows
             of new ids.
+        optimizer: bool. Copy the optimizer state too. Defaults to True.
+            The distributed loops build their optimizer state themselves
+            (the parameter servers' per-shard moments): there the new run's
+            optimizer starts fresh.
 
     A trained model without optimizer state (loaded with `compile=False`)
     gives its weights only; the new model's optimizer starts fresh.
@@ -166,7 +170,8 @@ def transfer(old_model: keras.Model, new_model: keras.Model) -> None:
         )
     for old, new in zip(old_model.weights, new_model.weights, strict=True):
         new.assign(_moved(keras.ops.convert_to_numpy(old), new, maps))
-    _transfer_optimizer(old_model, new_model, maps)
+    if optimizer:
+        _transfer_optimizer(old_model, new_model, maps)
 
 
 def _transfer_optimizer(old_model, new_model, maps):
