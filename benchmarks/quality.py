@@ -37,6 +37,8 @@ Usage:
     python benchmarks/quality.py --datasets criteo --models fm deepfm --seeds 0
     python benchmarks/quality.py --out benchmarks/quality.md --json /tmp/quality.jsonl
     python benchmarks/quality.py --summarize /tmp/quality.jsonl   # the table of earlier runs
+    python benchmarks/quality.py --datasets movielens --models deepfm deepfm:dropout=0.1
+                                        # one default changed: MODEL:KEY=VALUE,...
     python benchmarks/quality.py --install-peers                  # once: the peers' venvs
     python benchmarks/quality.py --models fm deepfm fuxictr_deepfm deepctr_deepfm \
         --json /tmp/quality_peers.jsonl --out benchmarks/quality_peers.md
@@ -140,25 +142,54 @@ LOADERS = {"criteo": _criteo, "avazu": _avazu, "criteo_tiny": _criteo_tiny, "mov
 # --- One run ------------------------------------------------------------------
 
 
+def parse_variant(model):
+    """`"deepfm:dropout=0.1,batch_norm=true"` -> `("deepfm", {"dropout": 0.1, "batch_norm": True})`.
+
+    A model of `MODELS` with some `tf_fm.train` options changed from their
+    defaults (values read as JSON, else kept as text): one default at a time
+    against the run API's others.
+    """
+    base, _, changes = model.partition(":")
+    if base not in MODELS:
+        raise argparse.ArgumentTypeError(f"unknown model {base!r} in {model!r}")
+    overrides = {}
+    for change in filter(None, changes.split(",")):
+        key, _, value = change.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return base, overrides
+
+
+def model_choice(text):
+    if text in PEERS:
+        return text
+    parse_variant(text)
+    return text
+
+
 def run_one(dataset, data, model, seed, work):
-    """Trains `model` with defaults on `data`; its test metrics, epochs and seconds."""
+    """Trains `model` (or a variant, `parse_variant`) on `data`; test metrics, epochs, seconds."""
     import keras
 
     import tf_fm
 
     fmt, train, dev, test, options = data
+    model_name, overrides = parse_variant(model)
     keras.backend.clear_session()
     start = time.perf_counter()
     run = tf_fm.train(
         train,
         format=fmt,
         valid=dev,
-        output=os.path.join(work, f"{dataset}_{model}_{seed}"),
-        model=model,
+        output=os.path.join(work, f"{dataset}_{model}_{seed}".replace(":", "_").replace(",", "_")),
+        model=model_name,
         seed=seed,
         log=lambda line: None,
         verbose=0,
         **options,
+        **overrides,
     )
     seconds = time.perf_counter() - start
     metrics = run.evaluate(test).scores
@@ -253,7 +284,13 @@ def table(results, models, datasets):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS + tuple(PEERS))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(MODELS),
+        type=model_choice,
+        help=f"of {MODELS + tuple(PEERS)}; a variant: MODEL:KEY=VALUE,... (tf_fm.train options)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", help="write the markdown table here too")
     parser.add_argument("--json", help="append one JSON line per run here")
